@@ -1,0 +1,293 @@
+"""Temporal pooling: frame-level features (B, T, C) → one utterance vector (B, D).
+
+The family surveyed for speaker recognition, from plain statistics to multi-query multi-head
+attentive statistics pooling (Zhao et al., arXiv:2110.05042), with WeSpeaker's epsilons and its
+unbiased-variance quirks so converted checkpoints give the same numbers:
+
+=========  ====================================================  =============
+module     statistic                                             D
+=========  ====================================================  =============
+TAP        mean_t x                                              C
+TSDP       sqrt(var_t x + 1e-7), unbiased var                    C
+TSTP       [TAP, TSDP]                                           2C
+ASTP       attention-weighted [mean, std] (± global context)     2C
+MHASTP     ASTP per channel group (head)                         2C
+MQMHASTP   MHASTP per query, concatenated                        2C·query_num
+SAP        attention-weighted mean, one score per frame          C
+=========  ====================================================  =============
+
+The statistics are pure functions (``temporal_mean``, ``temporal_std``, ``attentive_statistics``)
+computed in float32 whatever the compute dtype. Every pooling takes an optional ``(B, T)`` mask of
+valid frames, so a padded batch pools exactly like its unpadded utterances.
+
+Leaf names follow WeSpeaker (``linear1``, ``linear2``, ``heads_att_trans_0/att_1``, ``n_query_0``).
+Attention projections are 1×1 convolutions, as WeSpeaker's ``Conv1d(k=1)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ecapa_jax.layers import time_mean
+
+Array = jnp.ndarray
+Dtype = Any
+
+STD_EPS = 1e-7  # WeSpeaker since PR #103 (TSTP) / #133 (ASTP, MHASTP); 1e-8 / 1e-10 before.
+
+
+# ----------------------------------------------------------------------------- pure statistics
+
+
+def temporal_mean(x: Array, mask: Array | None = None) -> Array:
+    """mean_t x. x: (B, T, C); mask: (B, T) or None. Returns (B, C) float32."""
+    return time_mean(x.astype(jnp.float32), mask)
+
+
+def temporal_std(x: Array, mask: Array | None = None, eps: float = STD_EPS) -> Array:
+    """sqrt(var_t x + eps) with the *unbiased* (N − 1) variance, as ``torch.var``.
+
+    A single frame has no unbiased variance (PyTorch returns NaN); here the divisor is clamped to
+    1, so one frame gives sqrt(eps) rather than NaN.
+
+    Args:
+      x: (B, T, C).
+      mask: (B, T) valid frames, or None.
+      eps: added to the variance before the square root.
+
+    Returns:
+      (B, C) float32.
+    """
+    x = x.astype(jnp.float32)
+    if mask is None:
+        m = jnp.ones(x.shape[:2] + (1,), jnp.float32)
+    else:
+        m = mask[..., None].astype(jnp.float32)
+    n = jnp.sum(m, axis=1)  # (B, 1)
+    mean = jnp.sum(x * m, axis=1, keepdims=True) / jnp.maximum(n[:, None], 1)
+    var = jnp.sum(jnp.square(x - mean) * m, axis=1) / jnp.maximum(n - 1, 1)
+    return jnp.sqrt(var + eps)
+
+
+def attention_weights(scores: Array, mask: Array | None = None) -> Array:
+    """Softmax over time. scores: (B, T, D); mask: (B, T). Returns (B, T, D) float32."""
+    scores = scores.astype(jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask[..., None], scores, -jnp.inf)
+    return nn.softmax(scores, axis=1)
+
+
+def attentive_statistics(x: Array, alpha: Array, eps: float = STD_EPS) -> Array:
+    """Attention-weighted mean and standard deviation (Okabe et al., arXiv:1803.10963).
+
+    mu = Σ_t α_t x_t,  sigma = sqrt(max(Σ_t α_t x_t² − mu², eps)). The variance is the biased,
+    weighted E[x²] − E[x]² form that WeSpeaker uses, clamped (not offset) by ``eps``.
+
+    Args:
+      x: (B, T, C).
+      alpha: (B, T, C) or (B, T, 1) weights summing to one over T (zero on padded frames).
+      eps: lower clamp of the variance.
+
+    Returns:
+      (B, 2C) float32: [mu, sigma].
+    """
+    x = x.astype(jnp.float32)
+    mean = jnp.sum(alpha * x, axis=1)  # (B, C)
+    var = jnp.sum(alpha * jnp.square(x), axis=1) - jnp.square(mean)
+    return jnp.concatenate([mean, jnp.sqrt(jnp.maximum(var, eps))], axis=-1)
+
+
+def _conv1x1(features: int, dtype: Dtype, name: str) -> nn.Conv:
+    return nn.Conv(features, kernel_size=(1,), dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class _AttentionScorer(nn.Module):
+    """1×1 convs ``att_0`` … ``att_{n-1}`` of the given widths with tanh between. (B, T, d) → (B, T, widths[-1])."""
+
+    widths: tuple[int, ...]
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        for i, width in enumerate(self.widths):
+            x = _conv1x1(width, self.dtype, f"att_{i}")(x)
+            if i < len(self.widths) - 1:
+                x = jnp.tanh(x)
+        return x
+
+
+class TAP(nn.Module):
+    """Temporal average pooling. (B, T, C) → (B, C)."""
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        return temporal_mean(x, mask)
+
+    def out_dim(self, in_dim: int) -> int:
+        return in_dim
+
+
+class TSDP(nn.Module):
+    """Temporal standard-deviation pooling. (B, T, C) → (B, C)."""
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        return temporal_std(x, mask)
+
+    def out_dim(self, in_dim: int) -> int:
+        return in_dim
+
+
+class TSTP(nn.Module):
+    """Temporal statistics pooling, [mean, std] as in the x-vector. (B, T, C) → (B, 2C)."""
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        return jnp.concatenate([temporal_mean(x, mask), temporal_std(x, mask)], axis=-1)
+
+    def out_dim(self, in_dim: int) -> int:
+        return 2 * in_dim
+
+
+class ASTP(nn.Module):
+    """Attentive statistics pooling (Desplanques et al., arXiv:2005.07143), channel-wise attention.
+
+    α = softmax_t(linear2(tanh(linear1(x_in)))), where x_in is x or, with ``global_context_att``,
+    [x, mean_t x, std_t x] broadcast over time (the std with the unbiased variance + 1e-7).
+    The statistics are always taken of x itself. No ReLU/BN in the attention, as in WeSpeaker.
+    (B, T, C) → (B, 2C).
+    """
+
+    bottleneck_dim: int = 128
+    global_context_att: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        channels = x.shape[-1]
+        x_in = x
+        if self.global_context_att:
+            context = [temporal_mean(x, mask), temporal_std(x, mask)]  # 2 × (B, C)
+            context = [jnp.broadcast_to(c[:, None, :], x.shape).astype(x.dtype) for c in context]
+            x_in = jnp.concatenate([x] + context, axis=-1)  # (B, T, 3C)
+        h = jnp.tanh(_conv1x1(self.bottleneck_dim, self.dtype, "linear1")(x_in))  # (B, T, bottleneck)
+        scores = _conv1x1(channels, self.dtype, "linear2")(h)  # (B, T, C)
+        return attentive_statistics(x, attention_weights(scores, mask))
+
+    def out_dim(self, in_dim: int) -> int:
+        return 2 * in_dim
+
+
+class MHASTP(nn.Module):
+    """Multi-head attentive statistics pooling (India et al., arXiv:1906.09890).
+
+    The channels are split into ``head_num`` groups of d = C/head_num. Each head scores frames with
+    ``layer_num`` 1×1 convs (tanh between them; widths d → bottleneck … → d_s) and pools its group
+    with ``attentive_statistics``. ``d_s > 1`` means one score per channel (d_s = d), else one
+    score per frame. Leaves ``heads_att_trans_{h}/att_{i}``. (B, T, C) → (B, 2C).
+    """
+
+    layer_num: int = 2
+    head_num: int = 2
+    d_s: int = 1
+    bottleneck_dim: int = 64
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        channels = x.shape[-1]
+        if channels % self.head_num:
+            raise ValueError(f"MHASTP input channels {channels} are not divisible by head_num {self.head_num}")
+        d_model = channels // self.head_num
+        widths = [self.bottleneck_dim] * (self.layer_num - 1) + [d_model if self.d_s > 1 else 1]
+        out = []
+        for h, chunk in enumerate(jnp.split(x, self.head_num, axis=-1)):  # (B, T, d_model)
+            scores = _AttentionScorer(tuple(widths), self.dtype, name=f"heads_att_trans_{h}")(chunk)
+            out.append(attentive_statistics(chunk, attention_weights(scores, mask)))  # (B, 2·d_model)
+        return jnp.concatenate(out, axis=-1)
+
+    def out_dim(self, in_dim: int) -> int:
+        return 2 * in_dim
+
+
+class MQMHASTP(nn.Module):
+    """Multi-query multi-head attentive statistics pooling (Zhao et al., arXiv:2110.05042).
+
+    ``query_num`` independent MHASTPs over the same input, concatenated. Leaves ``n_query_{q}``.
+    (B, T, C) → (B, 2C·query_num).
+    """
+
+    layer_num: int = 2
+    query_num: int = 2
+    head_num: int = 8
+    d_s: int = 2
+    bottleneck_dim: int = 64
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        queries = [
+            MHASTP(self.layer_num, self.head_num, self.d_s, self.bottleneck_dim, self.dtype, name=f"n_query_{q}")(
+                x, mask
+            )
+            for q in range(self.query_num)
+        ]
+        return jnp.concatenate(queries, axis=-1)
+
+    def out_dim(self, in_dim: int) -> int:
+        return 2 * in_dim * self.query_num
+
+
+class SAP(nn.Module):
+    """Self-attentive pooling (Cai et al., arXiv:1804.05160): a weighted mean over frames.
+
+    h_t = tanh(linear(x_t)), w = softmax_t(h_t · attention), output Σ_t w_t x_t. One scalar weight
+    per frame, shared by all channels. Leaves ``linear`` (1×1 conv C → bottleneck) and
+    ``attention`` (the learned context vector, shape (bottleneck,)). (B, T, C) → (B, C).
+    """
+
+    bottleneck_dim: int = 128
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        h = jnp.tanh(_conv1x1(self.bottleneck_dim, self.dtype, "linear")(x))  # (B, T, bottleneck)
+        u = self.param("attention", nn.initializers.normal(stddev=0.1), (self.bottleneck_dim,), jnp.float32)
+        w = attention_weights(h.astype(jnp.float32) @ u[:, None], mask)  # (B, T, 1)
+        return jnp.sum(w * x.astype(jnp.float32), axis=1)
+
+    def out_dim(self, in_dim: int) -> int:
+        return in_dim
+
+
+POOLINGS: dict[str, type[nn.Module]] = {
+    "TAP": TAP,
+    "TSDP": TSDP,
+    "TSTP": TSTP,
+    "ASTP": ASTP,
+    "MHASTP": MHASTP,
+    "MQMHASTP": MQMHASTP,
+    "SAP": SAP,
+}
+
+
+def make_pooling(kind: str, *, global_context_att: bool = False, dtype: Dtype = jnp.float32, **kwargs) -> nn.Module:
+    """The pooling ``kind`` (a key of ``POOLINGS``) with WeSpeaker's defaults, as ECAPA builds it.
+
+    ``global_context_att`` only affects ASTP (WeSpeaker's other poolings ignore it too). Other
+    keyword arguments (``name``, hyper-parameters) go to the module.
+    """
+    if kind not in POOLINGS:
+        raise ValueError(f"unknown pooling {kind!r}; expected one of {sorted(POOLINGS)}")
+    cls = POOLINGS[kind]
+    if cls is ASTP:
+        kwargs["global_context_att"] = global_context_att
+    if cls in (ASTP, MHASTP, MQMHASTP, SAP):
+        kwargs["dtype"] = dtype
+    return cls(**kwargs)
