@@ -33,3 +33,52 @@ def wespeaker(submodule: str):
         pkg.__spec__ = spec
         sys.modules["wespeaker"] = pkg
     return importlib.import_module(f"wespeaker.{submodule}")
+
+
+def wespeaker_variables(module) -> dict:
+    """A WeSpeaker module's state_dict as our Flax variables, written independently of the converter.
+
+    Index rule: ``convs.3`` → ``convs_3``. Conv1d weight (O, I, K) → kernel (K, I, O); Linear (O, I) →
+    kernel (I, O); BatchNorm weight → scale, running_mean/var → batch_stats mean/var.
+    """
+    import numpy as np
+
+    variables: dict = {}
+    for key, value in module.state_dict().items():
+        parts: list[str] = []
+        for p in key.split("."):
+            if p.isdigit():
+                parts[-1] += f"_{p}"
+            else:
+                parts.append(p)
+        *path, leaf = parts
+        value = value.detach().numpy().copy()  # .numpy() is a view that torch updates in place
+        collection, leaf = {
+            "weight": ("params", "kernel" if value.ndim > 1 else "scale"),
+            "bias": ("params", "bias"),
+            "running_mean": ("batch_stats", "mean"),
+            "running_var": ("batch_stats", "var"),
+            "num_batches_tracked": ("batch_stats", "num_batches_tracked"),
+        }[leaf]
+        if value.ndim > 1:
+            value = value.transpose(tuple(reversed(range(value.ndim))))
+        if leaf == "num_batches_tracked":
+            value = value.astype(np.int32)
+        node = variables.setdefault(collection, {})
+        for p in path:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return variables
+
+
+def randomise_batchnorm(module, seed: int = 0) -> None:
+    """Random running statistics and affine parameters for every BatchNorm1d, so BN is exercised."""
+    t = torch()
+    g = t.Generator().manual_seed(seed)
+    with t.no_grad():
+        for m in module.modules():
+            if isinstance(m, t.nn.BatchNorm1d):
+                m.running_mean.copy_(t.randn(m.running_mean.shape, generator=g) * 0.5)
+                m.running_var.copy_(t.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(t.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(t.randn(m.bias.shape, generator=g) * 0.1)

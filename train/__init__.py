@@ -1,0 +1,1 @@
+"""The trainer: `python -m train` (WeSpeaker's ECAPA recipe in JAX)."""
