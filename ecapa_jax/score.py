@@ -1,0 +1,306 @@
+"""Cosine scoring of verification trials, with mean subtraction and AS-norm, as WeSpeaker.
+
+WeSpeaker's recipe (``bin/score.py``, ``bin/score_norm.py``): subtract the mean of a large set of
+training embeddings (vox2_dev) from every embedding, score each trial by cosine similarity, and
+optionally apply adaptive symmetric score normalisation (Matějka et al., Interspeech 2017,
+"Analysis of score normalization in multilingual speaker recognition"): for an utterance u,
+μ_u and σ_u are the mean and (ddof 0) standard deviation of its top_n highest cosine scores
+against a cohort (vox2_dev speaker means, mean-subtracted the same way), and
+
+    s_norm = 0.5·((s − μ_e)/σ_e + (s − μ_t)/σ_t).
+
+Cohort statistics are computed once per utterance, in float64, in blocks of rows so that
+vox1-E/H-sized lists fit in memory. Letters: M trials, U utterances, K cohort, E embedding dim.
+
+CLI::
+
+    python -m ecapa_jax.score --embeddings emb.npz --trials TRIALS [--mean-from train.npz]
+                              [--cohort cohort.npz [--top-n 300]] --out scores.txt
+
+Embedding files are ``.npz`` (utterance id → 1-D vector), Kaldi ``.ark`` or ``.scp``. Trials are
+``enroll test [target|nontarget]`` per line; output lines are ``enroll test %.5f [label]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from ecapa_jax import kaldi_io
+from ecapa_jax.metrics import LABELS
+
+BLOCK = 4096  # rows per block: a (4096, 6000) float64 cohort-score block is ~200 MB
+
+
+class CohortStats(NamedTuple):
+    """Per-utterance statistics of its top-n cohort scores: mean (U,) and std (U,)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def take(self, index: np.ndarray) -> CohortStats:
+        """The statistics of the utterances at ``index`` (e.g. one row per trial)."""
+        return CohortStats(self.mean[index], self.std[index])
+
+
+class Trial(NamedTuple):
+    enroll: str
+    test: str
+    label: str | None  # 'target', 'nontarget', or None for unlabelled trials
+
+
+# ----------------------------------------------------------------------------- scoring math
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """x / ‖x‖₂ row-wise. x: (N, E) → (N, E) float64. Zero rows raise ValueError."""
+    x = np.asarray(x, np.float64)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    if np.any(norm == 0):
+        raise ValueError(f"cannot L2-normalise zero vector(s) at rows {np.flatnonzero(norm[..., 0] == 0)[:5]}")
+    return x / norm
+
+
+def mean_normalize(embeddings: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """embeddings − mean, WeSpeaker's mean subtraction. embeddings: (N, E); mean: (E,). Returns float64."""
+    return np.asarray(embeddings, np.float64) - np.asarray(mean, np.float64)
+
+
+def cosine_scores(enroll: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity ⟨e, t⟩ / (‖e‖‖t‖). enroll, test: (M, E). Returns (M,) float64."""
+    return np.einsum("me,me->m", l2_normalize(enroll), l2_normalize(test))
+
+
+def top_n_stats(cohort_scores: np.ndarray, top_n: int | None = None) -> CohortStats:
+    """Mean and std (ddof 0) of each row's top_n highest scores, as WeSpeaker's ``get_mean_std``.
+
+    μ = (1/n) Σ top_i and σ = sqrt((1/n) Σ (top_i − μ)²) over the n = min(top_n, K) highest. The n
+    are found by partition, then sorted descending as WeSpeaker sorts them, so μ and σ are
+    bit-identical to its full sort.
+
+    Args:
+      cohort_scores: (U, K) cosine scores of U utterances against K cohort embeddings.
+      top_n: how many of the highest scores to keep; None or ≥ K keeps the whole cohort (S-norm).
+
+    Returns:
+      CohortStats with mean (U,) and std (U,).
+    """
+    if top_n is not None and top_n < 1:
+        raise ValueError(f"top_n must be a positive integer or None, got {top_n}")
+    k = cohort_scores.shape[1]
+    n = k if top_n is None else min(top_n, k)
+    top = np.partition(cohort_scores, k - n, axis=1)[:, k - n :]  # (U, n): the n highest, unordered
+    top = np.sort(top, axis=1)[:, ::-1]  # descending, WeSpeaker's order, so the sums add up the same way
+    return CohortStats(np.mean(top, axis=1), np.std(top, axis=1))
+
+
+def cohort_stats(embeddings: np.ndarray, cohort: np.ndarray, top_n: int | None = None) -> CohortStats:
+    """AS-norm statistics of each embedding against the cohort, in blocks of rows.
+
+    Args:
+      embeddings: (U, E) utterance embeddings (already mean-subtracted).
+      cohort: (K, E) cohort embeddings (already mean-subtracted).
+      top_n: see :func:`top_n_stats`.
+
+    Returns:
+      CohortStats with mean (U,) and std (U,).
+    """
+    cohort = l2_normalize(cohort)
+    stats = [top_n_stats(l2_normalize(embeddings[rows]) @ cohort.T, top_n) for rows in _blocks(len(embeddings))]
+    return CohortStats(*(np.concatenate(s) for s in zip(*stats, strict=True)))
+
+
+def as_norm(scores: np.ndarray, enroll: CohortStats, test: CohortStats) -> np.ndarray:
+    """Adaptive symmetric normalisation: 0.5·((s − μ_e)/σ_e + (s − μ_t)/σ_t).
+
+    Args:
+      scores: (M,) raw trial scores.
+      enroll: statistics of each trial's enrollment utterance, each (M,).
+      test: statistics of each trial's test utterance, each (M,).
+
+    Returns:
+      (M,) normalised scores.
+    """
+    if np.any(enroll.std == 0) or np.any(test.std == 0):
+        raise ValueError("a cohort score standard deviation is 0 (top_n = 1, or identical cohort scores)")
+    return 0.5 * ((scores - enroll.mean) / enroll.std + (scores - test.mean) / test.std)
+
+
+def score_trials(
+    embeddings: Mapping[str, np.ndarray],
+    trials: Sequence[Trial],
+    mean: np.ndarray | None = None,
+    cohort: np.ndarray | None = None,
+    top_n: int | None = None,
+) -> np.ndarray:
+    """WeSpeaker's scoring: mean subtraction, cosine, then AS-norm when a cohort is given.
+
+    WeSpeaker's ``score_norm.py`` normalises the cosine scores it reads back from the score file
+    that ``score.py`` wrote with ``%.5f``; the raw scores are rounded the same way before AS-norm
+    so that the normalised scores carry the same digits.
+
+    Args:
+      embeddings: utterance id → (E,) embedding.
+      trials: the trials; every id must be in ``embeddings``.
+      mean: (E,) vector subtracted from every embedding and cohort row, or None.
+      cohort: (K, E) cohort embeddings (before mean subtraction), or None for plain cosine.
+      top_n: AS-norm top-n; None or ≥ K gives S-norm over the whole cohort.
+
+    Returns:
+      (M,) float64 scores.
+
+    Raises:
+      ValueError: listing (the first few) trial utterances missing from ``embeddings``, or with a
+        zero embedding.
+    """
+    utts = list(dict.fromkeys(u for t in trials for u in (t.enroll, t.test)))
+    missing = [u for u in utts if u not in embeddings]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ValueError(f"{len(missing)} trial utterance(s) have no embedding: {shown}")
+    index = {u: i for i, u in enumerate(utts)}
+    x = np.stack([embeddings[u] for u in utts]).astype(np.float64)  # (U, E)
+    if mean is not None:
+        x = mean_normalize(x, mean)
+    zero = [u for u, n in zip(utts, np.linalg.norm(x, axis=1), strict=True) if n == 0]
+    if zero:
+        raise ValueError(f"zero embedding (after mean subtraction), cosine undefined: {', '.join(zero[:5])}")
+    enroll_idx = np.array([index[t.enroll] for t in trials])  # (M,)
+    test_idx = np.array([index[t.test] for t in trials])
+    scores = np.concatenate([cosine_scores(x[enroll_idx[r]], x[test_idx[r]]) for r in _blocks(len(trials))])
+    if cohort is None:
+        return scores
+    if mean is not None:
+        cohort = mean_normalize(cohort, mean)
+    stats = cohort_stats(x, cohort, top_n)  # once per utterance
+    rounded = np.array([float(f"{s:.5f}") for s in scores])
+    return as_norm(rounded, stats.take(enroll_idx), stats.take(test_idx))
+
+
+def _blocks(n: int) -> Iterator[slice]:
+    return (slice(i, min(i + BLOCK, n)) for i in range(0, n, BLOCK))
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def load_embeddings(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads embeddings: ``.npz`` (id → 1-D array), Kaldi ``.ark`` or ``.scp``.
+
+    Returns:
+      utterance id → (E,) float array, in file order.
+
+    Raises:
+      ValueError: naming the file (and the key) for an unknown format, no vectors, a value that is
+        not a 1-D float vector, mixed dimensions, or NaN/inf values.
+    """
+    suffix = os.path.splitext(path)[1]
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                table = {key: npz[key] for key in npz.files}
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{path}: cannot read as .npz ({e})") from e
+    elif suffix in (".ark", ".scp"):
+        table = kaldi_io.read_ark(path) if suffix == ".ark" else kaldi_io.read_scp(path)
+    else:
+        raise ValueError(f"{path}: unknown embeddings format {suffix!r} (expected .npz, .ark or .scp)")
+    if not table:
+        raise ValueError(f"{path}: no embeddings")
+    dim = None
+    for key, vector in table.items():
+        if vector.ndim != 1 or not np.issubdtype(vector.dtype, np.floating):
+            raise ValueError(f"{path}: {key}: expected a 1-D float vector, got {vector.dtype} {vector.shape}")
+        if dim is not None and vector.shape[0] != dim:
+            raise ValueError(f"{path}: {key}: dimension {vector.shape[0]}, but earlier vectors have {dim}")
+        if not np.all(np.isfinite(vector)):
+            raise ValueError(f"{path}: {key}: NaN or infinite values")
+        dim = vector.shape[0]
+    return table
+
+
+def load_mean(path: str | os.PathLike) -> np.ndarray:
+    """The vector to subtract: a ``.npy`` (E,) mean (WeSpeaker's ``mean_vec.npy``) or the mean of an embeddings file."""
+    if os.path.splitext(path)[1] == ".npy":
+        mean = np.load(path, allow_pickle=False)
+        if mean.ndim != 1:
+            raise ValueError(f"{path}: expected a 1-D mean vector, got shape {mean.shape}")
+        return mean.astype(np.float64)
+    return np.mean(np.stack(list(load_embeddings(path).values())).astype(np.float64), axis=0)
+
+
+def read_trials(path: str | os.PathLike) -> list[Trial]:
+    """Reads ``enroll test [target|nontarget]`` lines (blank lines skipped).
+
+    Raises:
+      ValueError: naming file and line, for a line of other than 2 or 3 fields or an unknown
+        label; or for a file without trials.
+    """
+    trials = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) not in (2, 3) or (len(fields) == 3 and fields[2] not in LABELS):
+                raise ValueError(f"{path}:{lineno}: expected 'enroll test [target|nontarget]', got {line.strip()!r}")
+            trials.append(Trial(fields[0], fields[1], fields[2] if len(fields) == 3 else None))
+    if not trials:
+        raise ValueError(f"{path}: no trials")
+    return trials
+
+
+def write_scores(path: str | os.PathLike, trials: Sequence[Trial], scores: np.ndarray) -> None:
+    """Writes WeSpeaker score lines: ``enroll test %.5f [label]``."""
+    with open(path, "w", encoding="utf-8") as f:
+        for trial, score in zip(trials, scores, strict=True):
+            label = "" if trial.label is None else f" {trial.label}"
+            f.write(f"{trial.enroll} {trial.test} {score:.5f}{label}\n")
+
+
+def _check_dim(name: str, path: str, dim: int, expected: int, expected_from: str) -> None:
+    if dim != expected:
+        raise ValueError(f"{path}: {name} dimension {dim} does not match {expected} of {expected_from}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ecapa_jax.score", description=__doc__.split("\n")[0])
+    parser.add_argument("--embeddings", required=True, help="trial embeddings: .npz, .ark or .scp")
+    parser.add_argument("--trials", required=True, help="lines 'enroll test [target|nontarget]'")
+    parser.add_argument("--mean-from", help="subtract the mean of these embeddings (or this .npy vector)")
+    parser.add_argument("--cohort", help="AS-norm cohort embeddings (e.g. speaker means): .npz, .ark or .scp")
+    parser.add_argument("--top-n", type=int, help="AS-norm top-n (recipe: 300); default: whole cohort (S-norm)")
+    parser.add_argument("--out", required=True, help="score file to write")
+    args = parser.parse_args(argv)
+    if args.top_n is not None and args.cohort is None:
+        parser.error("--top-n needs --cohort")
+    try:
+        embeddings = load_embeddings(args.embeddings)
+        dim = len(next(iter(embeddings.values())))
+        mean = cohort = None
+        if args.mean_from:
+            mean = load_mean(args.mean_from)
+            _check_dim("mean", args.mean_from, len(mean), dim, args.embeddings)
+        if args.cohort:
+            cohort = np.stack(list(load_embeddings(args.cohort).values()))
+            _check_dim("cohort", args.cohort, cohort.shape[1], dim, args.embeddings)
+        trials = read_trials(args.trials)
+        try:
+            scores = score_trials(embeddings, trials, mean, cohort, args.top_n)
+        except ValueError as e:
+            raise ValueError(f"{args.trials} with {args.embeddings}: {e}") from None
+        write_scores(args.out, trials, scores)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(trials)} trials scored -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
