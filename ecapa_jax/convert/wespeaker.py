@@ -1,0 +1,473 @@
+"""WeSpeaker ECAPA-TDNN state_dicts ↔ ecapa_jax variables, both ways, exactly.
+
+The Flax module paths are WeSpeaker's state_dict prefixes with list indices merged by ``_``
+(``layer2.se_res2block.1.convs.3`` ↔ ``layer2/se_res2block_1/convs_3``), so the conversion is this rule
+plus a leaf table:
+
+=============================  ===========================================  ==========================
+torch leaf                     flax leaf                                    value
+=============================  ===========================================  ==========================
+``weight`` of a Conv1d/Linear  params ``kernel``                            axes reversed: (O, I, K) →
+                                                                            (K, I, O), (O, I) → (I, O)
+``weight`` of a BatchNorm      params ``scale``                             as is
+``bias``                       params ``bias``                              as is
+``running_mean``/``_var``      batch_stats ``mean``/``var``                 as is
+``num_batches_tracked``        batch_stats ``num_batches_tracked``          int32 (int64 in torch)
+other (``pool.attention``)     params, same name                            as is
+=============================  ===========================================  ==========================
+
+A BatchNorm ``weight`` is told apart by its sibling ``running_mean``. The expected keys come from
+``wespeaker_keys`` (WeSpeaker's registration order) and the expected shapes from the Flax template
+(``jax.eval_shape`` of ``init``), so every key lands on exactly one template leaf of the right shape.
+
+``projection.*`` keys (the training head WeSpeaker saves with the model, e.g. ``projection.weight``
+(17982, 192) for VoxCeleb2) go to a separate ``projection`` pytree of Flax variables by the same rule,
+except that the margin heads' own 2-D ``weight`` (N, E) stays ``weight``, stored (E, N) as the heads in
+``ecapa_jax.heads`` use it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ecapa_jax.checkpoint import load_model_dir, save_model_dir
+from ecapa_jax.convert.torchzip import load_state_dict, save_state_dict
+from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
+from ecapa_jax.pooling import POOLINGS
+
+Location = tuple[str, ...]  # (collection, *module path, leaf)
+
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_AFFINE = ("weight", "bias")
+_LEAVES = {  # torch leaf → (collection, flax leaf), ``weight`` aside
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+    "num_batches_tracked": ("batch_stats", "num_batches_tracked"),
+}
+_MAX_LISTED = 12  # keys named in an error message before "... and N more"
+
+
+# ----------------------------------------------------------------------------- keys and locations
+
+
+def _module(prefix: str, leaves: Sequence[str]) -> list[str]:
+    return [f"{prefix}.{leaf}" for leaf in leaves]
+
+
+def _pooling_keys(config: EcapaConfig) -> list[str]:
+    """``pool.*`` keys of WeSpeaker's pooling layers with their default hyper-parameters."""
+    mhastp = [f"heads_att_trans.{h}.att_{i}.{leaf}" for h in range(2) for i in range(2) for leaf in _AFFINE]
+    return {
+        "TAP": [],
+        "TSDP": [],
+        "TSTP": [],
+        "ASTP": _module("pool.linear1", _AFFINE) + _module("pool.linear2", _AFFINE),
+        "MHASTP": [f"pool.{k}" for k in mhastp],
+        "MQMHASTP": [
+            f"pool.n_query.{q}.heads_att_trans.{h}.att_{i}.{leaf}"
+            for q in range(2)
+            for h in range(8)
+            for i in range(2)
+            for leaf in _AFFINE
+        ],
+        # Ours (WeSpeaker has no SAP for ECAPA): a module's own parameters precede its children's.
+        "SAP": ["pool.attention"] + _module("pool.linear", _AFFINE),
+    }[config.pooling]
+
+
+def wespeaker_keys(config: EcapaConfig) -> list[str]:
+    """The encoder's state_dict keys in WeSpeaker's registration order (``ECAPA_TDNN.state_dict()``).
+
+    Args:
+      config: the architecture.
+
+    Returns:
+      Keys such as ``layer2.se_res2block.1.convs.3.weight``; no ``projection.*`` keys.
+    """
+    keys = _module("layer1.conv", _AFFINE) + _module("layer1.bn", _BN)
+    nums = max(config.scale - 1, 1)  # Res2: scale − 1 convs (the last chunk passes through)
+    for layer in ("layer2", "layer3", "layer4"):
+        block = f"{layer}.se_res2block"
+        keys += _module(f"{block}.0.conv", _AFFINE) + _module(f"{block}.0.bn", _BN)
+        keys += [k for i in range(nums) for k in _module(f"{block}.1.convs.{i}", _AFFINE)]
+        keys += [k for i in range(nums) for k in _module(f"{block}.1.bns.{i}", _BN)]
+        keys += _module(f"{block}.2.conv", _AFFINE) + _module(f"{block}.2.bn", _BN)
+        keys += _module(f"{block}.3.linear1", _AFFINE) + _module(f"{block}.3.linear2", _AFFINE)
+    keys += _module("conv", _AFFINE) + _pooling_keys(config) + _module("bn", _BN) + _module("linear", _AFFINE)
+    if config.emb_bn:
+        keys += _module("bn2", _BN)
+    return keys
+
+
+def flax_location(key: str, keys: Sequence[str] | set[str]) -> Location:
+    """Where the torch ``key`` lives in Flax variables: ``(collection, *module path, leaf)``.
+
+    List indices merge into the preceding name (``convs.3`` → ``convs_3``); the leaf follows the table
+    in the module docstring. ``keys`` is the full key set, used to tell BatchNorm weights (which have a
+    ``running_mean`` sibling) from Conv/Linear weights.
+    """
+    *modules, leaf = key.split(".")
+    path: list[str] = []
+    for part in modules:
+        if part.isdigit() and path:
+            path[-1] = f"{path[-1]}_{part}"
+        else:
+            path.append(part)
+    if leaf == "weight":
+        is_bn = ".".join([*modules, "running_mean"]) in keys
+        return ("params", *path, "scale" if is_bn else "kernel")
+    collection, name = _LEAVES.get(leaf, ("params", leaf))
+    return (collection, *path, name)
+
+
+def _reverse_axes(x: np.ndarray) -> np.ndarray:
+    """Conv1d (O, I, K) ↔ Flax (K, I, O) and Linear (O, I) ↔ Dense (I, O); other ranks unchanged."""
+    return x.transpose(tuple(reversed(range(x.ndim)))) if x.ndim >= 2 else x
+
+
+def _torch_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(reversed(shape)) if len(shape) >= 2 else tuple(shape)
+
+
+def _listing(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+@functools.lru_cache(maxsize=16)
+def _template(config: EcapaConfig) -> dict[Location, jax.ShapeDtypeStruct]:
+    """Flat ``{location: ShapeDtypeStruct}`` of ``ECAPA_TDNN(config)``'s variables, without computing them."""
+    shapes = jax.eval_shape(
+        lambda: ECAPA_TDNN(config).init(jax.random.key(0), jnp.zeros((1, 8, config.feat_dim), jnp.float32))
+    )
+    return traverse_util.flatten_dict(shapes)
+
+
+# ----------------------------------------------------------------------------- architecture detection
+
+
+def _ecapa_patterns() -> set[str]:
+    """Every ECAPA key with list indices replaced by ``#``, over all poolings."""
+    configs = [EcapaConfig(pooling=p, emb_bn=True) for p in POOLINGS]
+    return {_pattern(k) for cfg in configs for k in wespeaker_keys(cfg)}
+
+
+def _pattern(key: str) -> str:
+    return re.sub(r"(?<=\.)\d+(?=\.)", "#", key)
+
+
+_ANCHORS = {  # key → rank; what detect_config reads
+    "layer1.conv.weight": 3,
+    "layer2.se_res2block.1.convs.0.weight": 3,
+    "layer2.se_res2block.3.linear1.weight": 2,
+    "conv.weight": 3,
+    "bn.weight": 1,
+    "linear.weight": 2,
+}
+
+
+def detect_config(state_dict: Mapping[str, Any], pooling: str | None = None) -> EcapaConfig:
+    """The ``EcapaConfig`` of a WeSpeaker ECAPA-TDNN state_dict, read from its shapes.
+
+    channels C and feat_dim F from ``layer1.conv.weight`` (C, F, 5); Res2 ``scale`` from the sub-conv
+    width; ``mfa_dim`` from ``conv.weight`` (1536 since WeSpeaker PR #68, 3C before); embed_dim from
+    ``linear.weight``; ``emb_bn`` from ``bn2.*``; pooling from the ``pool.*`` keys (ASTP, MHASTP,
+    MQMHASTP, SAP) or, without any, from ``bn.weight``'s size (2·mfa_dim: TSTP); GLOB when ASTP's
+    ``linear1`` sees 3·mfa_dim channels.
+
+    Args:
+      state_dict: ``{key: array}``; ``projection.*`` keys are ignored.
+      pooling: a key of ``ecapa_jax.pooling.POOLINGS`` to use instead of detecting it. Required for
+        TAP and TSDP, which have no parameters and the same output size.
+
+    Returns:
+      The config; ``from_wespeaker`` then checks every key against it.
+
+    Raises:
+      ValueError: not an ECAPA-TDNN (names the unmatched keys), or an ambiguous/unknown pooling.
+    """
+    shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items() if not k.startswith("projection.")}
+    bad_anchors = [k for k, rank in _ANCHORS.items() if len(shapes.get(k, ())) != rank]
+    if bad_anchors:
+        patterns = _ecapa_patterns()
+        unmatched = [k for k in shapes if _pattern(k) not in patterns]
+        raise ValueError(
+            f"not an ECAPA-TDNN checkpoint: unmatched keys [{_listing(unmatched)}]; "
+            f"missing or mis-shaped ECAPA keys [{_listing(bad_anchors)}]"
+        )
+    channels, feat_dim, _ = shapes["layer1.conv.weight"]
+    width = shapes["layer2.se_res2block.1.convs.0.weight"][0]
+    if width == 0 or channels % width:
+        raise ValueError(
+            f"Res2 sub-conv width {width} (layer2.se_res2block.1.convs.0.weight) does not divide {channels}"
+        )
+    mfa_dim = shapes["conv.weight"][0]
+    if pooling is None:
+        pooling = _detect_pooling(shapes, mfa_dim)
+    linear1 = shapes.get("pool.linear1.weight", (0, 0))
+    return EcapaConfig(
+        channels=channels,
+        feat_dim=feat_dim,
+        embed_dim=shapes["linear.weight"][0],
+        pooling=pooling,
+        global_context_att=pooling == "ASTP" and linear1[1] == 3 * mfa_dim,
+        emb_bn="bn2.weight" in shapes,
+        mfa_dim=mfa_dim,
+        scale=channels // width,
+        se_bottleneck=shapes["layer2.se_res2block.3.linear1.weight"][0],
+    )
+
+
+def _detect_pooling(shapes: Mapping[str, tuple[int, ...]], mfa_dim: int) -> str:
+    pool_keys = [k for k in shapes if k.startswith("pool.")]
+    if "pool.linear1.weight" in shapes:
+        return "ASTP"
+    if any(k.startswith("pool.heads_att_trans.") for k in pool_keys):
+        return "MHASTP"
+    if any(k.startswith("pool.n_query.") for k in pool_keys):
+        return "MQMHASTP"
+    if "pool.attention" in shapes:
+        return "SAP"
+    if pool_keys:
+        raise ValueError(f"unsupported pooling layer with keys [{_listing(pool_keys)}]; supported: {sorted(POOLINGS)}")
+    pooled = shapes["bn.weight"][0]
+    if pooled == 2 * mfa_dim:
+        return "TSTP"
+    if pooled == mfa_dim:
+        raise ValueError(
+            f"ambiguous pooling: no pool.* parameters and bn.weight of size {pooled} fit both TAP and TSDP; "
+            "pass pooling='TAP' or 'TSDP' (--pooling on the command line)"
+        )
+    raise ValueError(f"cannot tell the pooling: bn.weight has size {pooled}, the MFA conv {mfa_dim} channels")
+
+
+# ----------------------------------------------------------------------------- the training head
+
+
+def _head_layouts(num_classes: int, embed_dim: int) -> list[dict[str, tuple[int, ...]]]:
+    """WeSpeaker's projection heads: ``{key (prefix stripped): torch shape}`` in registration order.
+
+    The margin heads hold ``weight`` (N, E) (N·K rows for sub-centres), SphereFace2 also ``bias`` (1, 1),
+    and the softmax head is ``trans`` = [BatchNorm(E), ReLU, Linear(E → N)].
+    """
+    n, e = num_classes, embed_dim
+    softmax = {**{k: (e,) for k in _module("trans.0", _BN[:4])}, "trans.0.num_batches_tracked": ()}
+    softmax |= {"trans.2.weight": (n, e), "trans.2.bias": (n,)}
+    return [{"weight": (n, e)}, {"weight": (n, e), "bias": (1, 1)}, softmax]
+
+
+def _head_location(key: str, layout: Mapping[str, Any]) -> Location:
+    if key in ("weight", "bias"):  # a margin head's own class weights: ``weight`` (E, N), not ``kernel``
+        return ("params", key)
+    return flax_location(key, layout)
+
+
+def _pick_head(layouts: Sequence[dict], present: set, locate: Callable[[str, dict], Any]) -> dict:
+    """The layout whose keys, as ``locate`` names them, are exactly ``present``; else the one sharing most."""
+
+    def score(layout: dict) -> tuple[bool, int]:
+        names = {locate(key, layout) for key in layout}
+        return names == present, len(names & present)
+
+    return max(layouts, key=score)  # the first (the plain margin head) on ties
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _to_flax(x: Any, loc: Location) -> np.ndarray:
+    x = _reverse_axes(np.asarray(x))
+    if loc[-1] == "num_batches_tracked":  # int64 in torch; averaged checkpoints hold a float
+        return np.rint(x.astype(np.float64)).astype(np.int32)
+    return x.astype(np.float32)
+
+
+def _to_torch(x: Any) -> np.ndarray:
+    x = _reverse_axes(np.asarray(x))
+    return np.asarray(x, np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32, order="C")
+
+
+def _convert_keys(
+    state_dict: Mapping[str, Any], layout: Mapping[str, tuple[int, ...]], locate, prefix: str = ""
+) -> tuple[dict[Location, np.ndarray], list[str]]:
+    """Maps every key of ``layout`` ({torch key: torch shape}) to Flax; lists missing/mis-shaped/extra keys."""
+    flat, problems = {}, []
+    for key, want in layout.items():
+        if key not in state_dict:
+            problems.append(f"{prefix}{key} missing (expected {want})")
+        elif np.shape(state_dict[key]) != want:
+            problems.append(f"{prefix}{key} has shape {np.shape(state_dict[key])}, expected {want}")
+        else:
+            loc = locate(key)
+            flat[loc] = _to_flax(state_dict[key], loc)
+    problems += [f"{prefix}{k} is unexpected (shape {np.shape(v)})" for k, v in state_dict.items() if k not in layout]
+    return flat, problems
+
+
+def from_wespeaker(
+    state_dict: Mapping[str, Any], pooling: str | None = None
+) -> tuple[EcapaConfig, dict[str, Any], dict[str, Any] | None]:
+    """Converts a WeSpeaker ECAPA-TDNN state_dict to ecapa_jax variables.
+
+    Args:
+      state_dict: ``{key: array}`` (NumPy or anything ``np.asarray`` takes), e.g. from
+        ``torchzip.load_state_dict``; may include ``projection.*`` keys.
+      pooling: see ``detect_config``.
+
+    Returns:
+      ``(config, variables, projection)``: ``variables`` = ``{'params', 'batch_stats'}`` for
+      ``ECAPA_TDNN(config)`` (float32, int32 ``num_batches_tracked``); ``projection`` the head's
+      variables (``{'params': {'weight': (E, N)}}`` for margin heads) or None without ``projection.*``.
+
+    Raises:
+      ValueError: another architecture, or keys that are missing, unexpected or mis-shaped: one error
+        listing every such key with its torch shape and the expected one.
+    """
+    encoder_sd = {k: v for k, v in state_dict.items() if not k.startswith("projection.")}
+    head_sd = {k[len("projection.") :]: v for k, v in state_dict.items() if k.startswith("projection.")}
+    config = detect_config(encoder_sd, pooling)
+    template = _template(config)
+    keys = wespeaker_keys(config)
+    layout = {k: _torch_shape(template[flax_location(k, keys)].shape) for k in keys}
+    flat, problems = _convert_keys(encoder_sd, layout, lambda k: flax_location(k, keys))
+
+    head = {}
+    if head_sd:
+        rows = [np.shape(head_sd[k])[0] for k in ("weight", "trans.2.weight") if np.ndim(head_sd.get(k)) == 2]
+        layouts = _head_layouts(rows[0] if rows else 0, config.embed_dim)
+        head_layout = _pick_head(layouts, set(head_sd), lambda key, layout: key)
+        head, head_problems = _convert_keys(
+            head_sd, head_layout, lambda k: _head_location(k, head_layout), prefix="projection."
+        )
+        problems += head_problems
+    if problems:
+        raise ValueError(
+            f"state_dict does not match {config.wespeaker_name} ({config.pooling}, emb_bn={config.emb_bn}): "
+            f"{len(problems)} offending keys: {'; '.join(problems)}"
+        )
+    if set(flat) != set(template):  # wespeaker_keys and the model disagree: a bug, not a bad file
+        raise RuntimeError(f"key table and model differ for {config}: {sorted(set(template) ^ set(flat))}")
+    projection = traverse_util.unflatten_dict(head) if head else None
+    return config, traverse_util.unflatten_dict(flat), projection
+
+
+def _check_leaves(what: str, flat: Mapping[Location, Any], shapes: Mapping[Location, tuple[int, ...]]) -> list[str]:
+    problems = [f"{what} {'/'.join(loc)} missing (expected {s})" for loc, s in shapes.items() if loc not in flat]
+    problems += [
+        f"{what} {'/'.join(loc)} has shape {np.shape(flat[loc])}, expected {s}"
+        for loc, s in shapes.items()
+        if loc in flat and np.shape(flat[loc]) != s
+    ]
+    return problems + [f"{what} {'/'.join(loc)} is unexpected" for loc in flat if loc not in shapes]
+
+
+def to_wespeaker(
+    config: EcapaConfig, variables: Mapping[str, Any], projection: Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """Converts ecapa_jax variables back to a WeSpeaker state_dict; the exact inverse of ``from_wespeaker``.
+
+    Args:
+      config: the architecture.
+      variables: ``{'params', 'batch_stats'}`` of ``ECAPA_TDNN(config)``.
+      projection: the head's variables as ``from_wespeaker`` returns them, or None.
+
+    Returns:
+      ``{key: array}`` in WeSpeaker's registration order (``projection.*`` last): float32 tensors and
+      int64 0-d ``num_batches_tracked``, ready for ``torchzip.save_state_dict`` and
+      ``ECAPA_TDNN.load_state_dict(strict=True)``.
+
+    Raises:
+      ValueError: variables missing, unexpected or of the wrong shape for ``config`` (all listed).
+    """
+    flat = traverse_util.flatten_dict(dict(variables))
+    problems = _check_leaves("variable", flat, {loc: t.shape for loc, t in _template(config).items()})
+    head, head_layout = {}, {}
+    if projection is not None:
+        head = traverse_util.flatten_dict(dict(projection))
+        kernel = head.get(("params", "weight"), head.get(("params", "trans_2", "kernel")))
+        layouts = _head_layouts(np.shape(kernel)[-1] if np.ndim(kernel) == 2 else 0, config.embed_dim)
+        head_layout = _pick_head(layouts, set(head), _head_location)
+        shapes = {_head_location(k, head_layout): _torch_shape(s) for k, s in head_layout.items()}
+        problems += _check_leaves("projection", head, shapes)
+    if problems:
+        raise ValueError(f"variables do not match {config.wespeaker_name}: {'; '.join(problems)}")
+    keys = wespeaker_keys(config)
+    out = {k: _to_torch(flat[flax_location(k, keys)]) for k in keys}
+    return out | {f"projection.{k}": _to_torch(head[_head_location(k, head_layout)]) for k in head_layout}
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def wespeaker_to_dir(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    pooling: str | None = None,
+    overwrite: bool = False,
+    use_torch: bool = False,
+) -> tuple[EcapaConfig, dict[str, Any], dict[str, Any] | None]:
+    """Converts WeSpeaker's ``SRC.pt`` into the ecapa_jax model directory ``DST`` (see ``ecapa_jax.checkpoint``).
+
+    Args:
+      src: a WeSpeaker checkpoint (``model_N.pt``, ``avg_model.pt``).
+      dst: the model directory to write; an existing one is refused unless ``overwrite``.
+      pooling: see ``detect_config``.
+      overwrite: replace an existing model directory.
+      use_torch: read ``src`` with torch (see ``torchzip.load_state_dict``).
+
+    Returns:
+      ``(config, variables, projection)`` as written.
+    """
+    state_dict = load_state_dict(src, use_torch=use_torch)
+    try:
+        config, variables, projection = from_wespeaker(state_dict, pooling)
+    except ValueError as e:
+        raise ValueError(f"{src}: {e}") from None
+    metadata = {"source": str(Path(src).resolve()), "source_format": "wespeaker"}
+    save_model_dir(dst, config, variables, projection, metadata=metadata, overwrite=overwrite)
+    return config, variables, projection
+
+
+def dir_to_wespeaker(
+    src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
+) -> dict[str, np.ndarray]:
+    """Writes the ecapa_jax model directory ``SRC`` as a WeSpeaker ``DST.pt`` (torch-free writer).
+
+    Args:
+      src: a model directory written by ``save_model_dir``.
+      dst: the ``.pt`` file; an existing file is refused unless ``overwrite``.
+      overwrite: replace an existing file.
+
+    Returns:
+      The state_dict written.
+    """
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
+    config, variables, projection, _ = load_model_dir(src)
+    state_dict = to_wespeaker(config, variables, projection)
+    save_state_dict(dst, state_dict)
+    return state_dict
+
+
+__all__ = [
+    "detect_config",
+    "dir_to_wespeaker",
+    "flax_location",
+    "from_wespeaker",
+    "to_wespeaker",
+    "wespeaker_keys",
+    "wespeaker_to_dir",
+]
