@@ -2,7 +2,7 @@
 
 Shape letters: B batch, N samples, T frames, F mel bins, E embedding size.
 
-    enc = ecapa_jax.encoder.load("voxceleb_ECAPA512")    # written by `python -m ecapa_jax.convert`
+    enc = ecapa_jax.load("voxceleb_ECAPA512")            # written by `python -m ecapa_jax.convert`
     emb = enc.embed(waveform, sample_rate=8000)          # (N,) floats in [−1, 1] → (E,)
     embs = enc.embed_batch([w1, w2, w3])                 # → (3, E), each as if embedded alone
     table, failures = enc.embed_files(["a.wav", "b.flac"])
@@ -52,11 +52,11 @@ class Buckets:
         T_k = round(min_frames · ratio^k) ≥ T,   k = 0, 1, 2, ...
 
     frames, i.e. to N_k = W + S·T_k − 1 samples (W = 400, S = 160 at 16 kHz), the most samples that
-    still give T_k frames. With the defaults (1 s, ratio √2) padding adds less than 42 % of frames, and
-    every length from 1 s to 10 minutes falls in one of 20 buckets. Batch sizes are bucketed too: n rows
-    are padded to the smallest power of two ≥ n, capped at the batch size. A corpus therefore compiles at
-    most (length buckets) × (⌊log₂ batch_size⌋ + 2) programs, and in practice about one per length bucket,
-    since ``plan_batches`` fills every batch but the last.
+    still give T_k frames. With the defaults (1 s, ratio √2) padding adds less than 42 % of frames past
+    the first bucket, and every length from 1 s to 10 minutes falls in one of 20 buckets. Batch sizes are
+    bucketed too: n rows are padded to the smallest power of two ≥ n, capped at the batch size. A corpus
+    therefore compiles at most (length buckets) × (⌊log₂ batch_size⌋ + 2) programs, and in practice about
+    one per length bucket, since ``plan_batches`` fills every batch but the last.
 
     Attributes:
       min_frames: T_0, the smallest bucket, in frames (100 frames = 1 s).
@@ -204,9 +204,11 @@ class Encoder:
         return out
 
     def embed_files(
-        self, paths: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike], batch_size: int = 16,
+        self,
+        paths: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
+        batch_size: int = 16,
         progress: bool = False,
-    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:  # fmt: skip
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Speaker embeddings of audio files; a file that cannot be used is reported, not raised.
 
         Files are read with ``audio.load_audio`` (channels averaged, resampled to 16 kHz), a batch at a
@@ -220,8 +222,14 @@ class Encoder:
         Returns:
           ``(embeddings, failures)``: ``{id: (E,) float32}`` for the files that worked and
           ``{id: reason}`` (the reason names the file) for those that did not, both in input order.
+
+        Raises:
+          ValueError: a model whose features are not WeSpeaker's 80 mel bins.
+          TypeError: a single path instead of a collection of them.
         """
         self._check_front_end()
+        if isinstance(paths, str | os.PathLike):
+            raise TypeError(f"embed_files takes a list of paths or {{id: path}}, got the single path {paths!r}")
         table = dict(paths) if isinstance(paths, Mapping) else {os.fspath(p): p for p in paths}
         ids = list(table)
         embeddings, failures = {}, {}
