@@ -43,24 +43,32 @@ def time_mean(x: Array, mask: Array | None = None) -> Array:
     return jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1)
 
 
+def stat_dtype(dtype: Dtype) -> jnp.dtype:
+    """The dtype statistics are computed in: float32 for bfloat16/float16/float32, float64 for float64.
+
+    Lets an x64 float64 run be a genuine float64 oracle instead of silently computing in float32.
+    """
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def moments(x: Array, mask: Array | None = None) -> tuple[Array, Array, Array]:
     """Per-channel mean and biased variance over every axis but the last.
 
     Args:
-      x: (..., C), computed in float32 whatever its dtype.
+      x: (..., C), computed in ``stat_dtype(x.dtype)`` (at least float32).
       mask: None, or a boolean array of shape ``x.shape[:-1]`` selecting the entries counted.
 
     Returns:
       ``(mean (C,), var (C,), n)`` where ``n`` is the number of entries counted per channel.
     """
-    x = x.astype(jnp.float32)
+    x = x.astype(stat_dtype(x.dtype))
     axes = tuple(range(x.ndim - 1))
     if mask is None:
-        n = jnp.asarray(x.size // x.shape[-1], jnp.float32)
+        n = jnp.asarray(x.size // x.shape[-1], x.dtype)
         mean = jnp.mean(x, axis=axes)
         var = jnp.mean(jnp.square(x - mean), axis=axes)
         return mean, var, n
-    m = mask[..., None].astype(jnp.float32)
+    m = mask[..., None].astype(x.dtype)
     n = jnp.sum(m)
     mean = jnp.sum(x * m, axis=axes) / n
     var = jnp.sum(jnp.square(x - mean) * m, axis=axes) / n
@@ -125,7 +133,8 @@ class BatchNorm(nn.Module):
     Train mode normalises with the biased batch variance and updates the running variance with
     the *unbiased* one (as PyTorch does; Flax's own BatchNorm stores the biased one), with
     ``running = (1 - momentum) · running + momentum · batch``. ``num_batches_tracked`` is kept so
-    that a converted checkpoint round-trips exactly. Statistics are float32 in any compute dtype.
+    that a converted checkpoint round-trips exactly. Statistics are at least float32 (``stat_dtype``)
+    in any compute dtype.
     Under ``jit`` with a batch sharded over a ``('data',)`` mesh the batch moments are global
     (synchronised BatchNorm), unlike PyTorch DDP's per-device statistics.
 
@@ -155,7 +164,7 @@ class BatchNorm(nn.Module):
                 count.value = count.value + 1
         else:
             mean, var = ra_mean.value, ra_var.value
-        y = batch_norm(x.astype(jnp.float32), mean, var, scale, bias, self.epsilon)
+        y = batch_norm(x.astype(stat_dtype(x.dtype)), mean, var, scale, bias, self.epsilon)
         return y.astype(self.dtype)
 
 
@@ -266,6 +275,7 @@ __all__ = [
     "batch_norm",
     "moments",
     "res2_cascade",
+    "stat_dtype",
     "squeeze_excitation",
     "time_mean",
 ]

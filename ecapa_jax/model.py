@@ -26,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ecapa_jax.layers import BatchNorm, Conv1dReluBn, SERes2Block, conv1d
+from ecapa_jax.layers import BatchNorm, Conv1dReluBn, SERes2Block, conv1d, stat_dtype
 from ecapa_jax.pooling import POOLINGS, make_pooling
 
 Array = jnp.ndarray
@@ -46,7 +46,8 @@ class EcapaConfig:
       mfa_dim: channels of the multi-layer feature aggregation conv (1536 in WeSpeaker).
       scale: Res2 split count.
       se_bottleneck: hidden width of the squeeze-excitation.
-      dtype: compute dtype name ('float32' or 'bfloat16'); parameters and BN statistics stay float32.
+      dtype: compute dtype name ('float32', 'bfloat16'; 'float64' with x64 for oracle runs); parameters
+        are stored in float32 and BN statistics, pooling and the embedding head run in at least float32.
     """
 
     channels: int = 512
@@ -124,7 +125,8 @@ class ECAPA_TDNN(nn.Module):  # noqa: N801 - WeSpeaker's class name, kept for re
     (pass ``mutable=['batch_stats']`` to ``apply``); ``train=False`` uses the running averages.
 
     Returns:
-      ``(embedding, out)``: the (B, E) float32 embedding and a dict of named intermediates:
+      ``(embedding, out)``: the (B, E) embedding (float32, or float64 in a float64 run) and a dict of
+      named intermediates:
       ``frame_features`` (B, T, mfa_dim), the MFA conv output before its ReLU (WeSpeaker's
       ``get_frame_level_feat``); ``out4`` (B, T, C), the last block's output (the first element
       of WeSpeaker's forward tuple); ``pooled`` (B, D), the pooling output.
@@ -154,8 +156,9 @@ class ECAPA_TDNN(nn.Module):  # noqa: N801 - WeSpeaker's class name, kept for re
         pool = make_pooling(cfg.pooling, global_context_att=cfg.global_context_att, dtype=dtype, name="pool")
         pooled = pool(nn.relu(frames), mask)  # (B, D)
 
-        x = BatchNorm(dtype=jnp.float32, name="bn")(pooled, train=train)
-        emb = nn.Dense(cfg.embed_dim, dtype=jnp.float32, param_dtype=jnp.float32, name="linear")(x)  # (B, E)
+        head_dtype = stat_dtype(dtype)  # float32, or float64 for a float64 oracle run
+        x = BatchNorm(dtype=head_dtype, name="bn")(pooled, train=train)
+        emb = nn.Dense(cfg.embed_dim, dtype=head_dtype, param_dtype=jnp.float32, name="linear")(x)  # (B, E)
         if cfg.emb_bn:
-            emb = BatchNorm(dtype=jnp.float32, name="bn2")(emb, train=train)
+            emb = BatchNorm(dtype=head_dtype, name="bn2")(emb, train=train)
         return emb, {"frame_features": frames, "out4": out4, "pooled": pooled}

@@ -17,7 +17,8 @@ SAP        attention-weighted mean, one score per frame          C
 =========  ====================================================  =============
 
 The statistics are pure functions (``temporal_mean``, ``temporal_std``, ``attentive_statistics``)
-computed in float32 whatever the compute dtype. Every pooling takes an optional ``(B, T)`` mask of
+computed in at least float32 (``layers.stat_dtype``: float32 for bf16/fp32 compute, float64 for a
+float64 run). Every pooling takes an optional ``(B, T)`` mask of
 valid frames, so a padded batch pools exactly like its unpadded utterances.
 
 Leaf names follow WeSpeaker (``linear1``, ``linear2``, ``heads_att_trans_0/att_1``, ``n_query_0``).
@@ -31,7 +32,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ecapa_jax.layers import time_mean
+from ecapa_jax.layers import stat_dtype, time_mean
 
 Array = jnp.ndarray
 Dtype = Any
@@ -43,8 +44,8 @@ STD_EPS = 1e-7  # WeSpeaker since PR #103 (TSTP) / #133 (ASTP, MHASTP); 1e-8 / 1
 
 
 def temporal_mean(x: Array, mask: Array | None = None) -> Array:
-    """mean_t x. x: (B, T, C); mask: (B, T) or None. Returns (B, C) float32."""
-    return time_mean(x.astype(jnp.float32), mask)
+    """mean_t x. x: (B, T, C); mask: (B, T) or None. Returns (B, C) in ``stat_dtype``."""
+    return time_mean(x.astype(stat_dtype(x.dtype)), mask)
 
 
 def temporal_std(x: Array, mask: Array | None = None, eps: float = STD_EPS) -> Array:
@@ -59,13 +60,13 @@ def temporal_std(x: Array, mask: Array | None = None, eps: float = STD_EPS) -> A
       eps: added to the variance before the square root.
 
     Returns:
-      (B, C) float32.
+      (B, C) in ``stat_dtype``.
     """
-    x = x.astype(jnp.float32)
+    x = x.astype(stat_dtype(x.dtype))
     if mask is None:
-        m = jnp.ones(x.shape[:2] + (1,), jnp.float32)
+        m = jnp.ones(x.shape[:2] + (1,), x.dtype)
     else:
-        m = mask[..., None].astype(jnp.float32)
+        m = mask[..., None].astype(x.dtype)
     n = jnp.sum(m, axis=1)  # (B, 1)
     mean = jnp.sum(x * m, axis=1, keepdims=True) / jnp.maximum(n[:, None], 1)
     var = jnp.sum(jnp.square(x - mean) * m, axis=1) / jnp.maximum(n - 1, 1)
@@ -73,8 +74,8 @@ def temporal_std(x: Array, mask: Array | None = None, eps: float = STD_EPS) -> A
 
 
 def attention_weights(scores: Array, mask: Array | None = None) -> Array:
-    """Softmax over time. scores: (B, T, D); mask: (B, T). Returns (B, T, D) float32."""
-    scores = scores.astype(jnp.float32)
+    """Softmax over time. scores: (B, T, D); mask: (B, T). Returns (B, T, D) in ``stat_dtype``."""
+    scores = scores.astype(stat_dtype(scores.dtype))
     if mask is not None:
         scores = jnp.where(mask[..., None], scores, -jnp.inf)
     return nn.softmax(scores, axis=1)
@@ -92,9 +93,9 @@ def attentive_statistics(x: Array, alpha: Array, eps: float = STD_EPS) -> Array:
       eps: lower clamp of the variance.
 
     Returns:
-      (B, 2C) float32: [mu, sigma].
+      (B, 2C) in ``stat_dtype``: [mu, sigma].
     """
-    x = x.astype(jnp.float32)
+    x = x.astype(stat_dtype(x.dtype))
     mean = jnp.sum(alpha * x, axis=1)  # (B, C)
     var = jnp.sum(alpha * jnp.square(x), axis=1) - jnp.square(mean)
     return jnp.concatenate([mean, jnp.sqrt(jnp.maximum(var, eps))], axis=-1)
@@ -259,8 +260,8 @@ class SAP(nn.Module):
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         h = jnp.tanh(_conv1x1(self.bottleneck_dim, self.dtype, "linear")(x))  # (B, T, bottleneck)
         u = self.param("attention", nn.initializers.normal(stddev=0.1), (self.bottleneck_dim,), jnp.float32)
-        w = attention_weights(h.astype(jnp.float32) @ u[:, None], mask)  # (B, T, 1)
-        return jnp.sum(w * x.astype(jnp.float32), axis=1)
+        w = attention_weights(h.astype(stat_dtype(h.dtype)) @ u[:, None], mask)  # (B, T, 1)
+        return jnp.sum(w * x.astype(stat_dtype(x.dtype)), axis=1)
 
     def out_dim(self, in_dim: int) -> int:
         return in_dim

@@ -1,4 +1,8 @@
-"""The train step against a PyTorch WeSpeaker training loop."""
+"""The train step against a PyTorch WeSpeaker training loop, and 8 devices against 1."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -82,3 +86,58 @@ def test_step_matches_wespeaker_sgd_loop():
     )
     print("max relative difference", max(jax.tree.leaves(rel)))
     assert max(jax.tree.leaves(rel)) < 1e-4, rel
+
+
+_MULTI_DEVICE = """
+import jax, numpy as np
+from ecapa_jax import ECAPA_TDNN, EcapaConfig
+from ecapa_jax.heads import HeadConfig, make_head
+from ecapa_jax.schedules import exponential_decrease, margin_schedule
+from train import step as train_step
+
+assert jax.device_count() == 8, jax.devices()
+model = ECAPA_TDNN(EcapaConfig(channels=32, embed_dim=16, global_context_att=True))
+head = make_head(HeadConfig(num_classes=6))
+# The recipe's start: warm-up from lr 0 (6 epochs, scale_ratio 4), margin 0 until epoch 20.
+lr = exponential_decrease(150, 100, 0.1, 5e-5, warm_up_epoch=6, scale_ratio=4.0, warm_from_zero=True)
+margin = margin_schedule(100, 20, 40, 0.0, 0.2)
+tx = train_step.sgd(lr)
+rng = np.random.default_rng(0)
+batches = [{"wav": (rng.normal(size=(16, 8160)) * 0.1).astype(np.float32),
+            "label": rng.integers(0, 6, 16).astype(np.int32)} for _ in range(3)]
+runs = []
+for devices in (jax.devices()[:1], jax.devices()):
+    mesh = train_step.data_mesh(devices)
+    state = train_step.replicate(train_step.init_state(model, head, tx, jax.random.key(0), 8160), mesh)
+    step = train_step.jit_train_step(
+        train_step.make_train_step(model, head, tx, lr, margin, scale=32.0, dither=1.0), mesh)
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, train_step.shard_batch(batch, mesh), jax.random.key(7))
+        losses.append(float(metrics["loss"]))
+    runs.append((losses, jax.device_get(state.params), float(metrics["grad_norm"])))
+(l1, p1, g1), (l8, p8, g8) = runs
+diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), p1, p8)))
+print("losses", l1, l8, "grad norms", g1, g8, "max param diff", diff)
+np.testing.assert_allclose(l8[0], l1[0], rtol=1e-5)
+np.testing.assert_allclose(l8, l1, rtol=1e-4)
+np.testing.assert_allclose(g8, g1, rtol=1e-2)
+assert diff < 1e-3, diff  # measured 4.1e-4: see the docstring
+print("OK")
+"""
+
+
+def test_eight_devices_equal_one():
+    """Same global batch, seed and schedule on 1 and 8 forced CPU devices.
+
+    The first loss must agree to float rounding (1e-5). Gradients are compared as a whole (1e-2):
+    float32 rounding that differs with the reduction order can put a ReLU input within ~1e-6 of
+    zero on the other side, which moves the gradient of every earlier layer by ~1e-3 (measured:
+    against a true float64 reference the 8-device gradient was the accurate one). Over three steps
+    at the recipe's start (warm-up from lr 0) the losses agree to 1.6e-5 relative and parameters
+    to 4.1e-4 absolute; one flipped kink carried through the updates is what sets that figure, so
+    1e-4 on parameters is not a well-posed bound for a float32 ReLU network across device counts.
+    """
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _MULTI_DEVICE], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr[-3000:]
