@@ -170,4 +170,68 @@ def load_model_dir(
     return config, state["variables"], state.get("projection"), meta.get("metadata", {})
 
 
-__all__ = ["load_model_dir", "restore_pytree", "save_model_dir", "save_pytree"]
+class CheckpointManager:
+    """Numbered training checkpoints in one directory: a pytree and a JSON dict per step, the newest N kept.
+
+    A thin wrapper of ``orbax.checkpoint.CheckpointManager``: ``DIR/<step>/state`` (the pytree) and
+    ``DIR/<step>/extra`` (e.g. the data loader's position). Saving is asynchronous (the arrays are
+    copied to the host before `save` returns, so they may be donated afterwards); a step directory
+    appears only once complete, so a killed process leaves the previous checkpoints intact.
+
+    Args:
+      directory: where the step directories live (created).
+      max_to_keep: newest checkpoints kept; None keeps all.
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = None):
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            item_names=("state", "extra"),
+        )
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, tree: Any, extra: Mapping[str, Any] | None = None) -> None:
+        """Starts saving ``tree`` and ``extra`` (JSON-serialisable) as checkpoint ``step``."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(tree), extra=ocp.args.JsonSave(dict(extra or {})))
+        self._manager.save(step, args=args, force=True)
+
+    def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict[str, Any]]:
+        """``(tree, extra)`` of checkpoint ``step`` (default: the latest).
+
+        Args:
+          step: which checkpoint.
+          target: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with shardings) giving the
+            structure and placement of the result; None restores the saved structure as NumPy.
+
+        Raises:
+          FileNotFoundError: no such checkpoint (the ones present named).
+        """
+        step = self.latest_step() if step is None else step
+        if step is None or step not in self._manager.all_steps():
+            raise FileNotFoundError(f"{self.directory}: no checkpoint {step}; have steps {self.all_steps()}")
+        state_args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
+        out = self._manager.restore(step, args=ocp.args.Composite(state=state_args, extra=ocp.args.JsonRestore()))
+        tree = out["state"] if target is not None else jax.tree.map(np.asarray, out["state"])
+        return tree, dict(out["extra"] or {})
+
+    def wait_until_finished(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["CheckpointManager", "load_model_dir", "restore_pytree", "save_model_dir", "save_pytree"]

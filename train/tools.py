@@ -1,0 +1,131 @@
+"""After training: average checkpoints, export model directories and WeSpeaker ``.pt`` files.
+
+    python -m train.tools average WORKDIR [--num N] [--out DIR]     # WeSpeaker's avg_model → model dir
+    python -m train.tools export WORKDIR [--step N] [--out DIR]     # one checkpoint → model dir
+    python -m train.tools wespeaker MODEL_DIR OUT.pt                 # model dir → WeSpeaker state_dict
+
+A model directory (`ecapa_jax.checkpoint.save_model_dir`) holds the encoder and the training head
+(``projection``), as WeSpeaker's ``avg_model.pt`` does; ``ecapa_jax.encoder.load`` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecapa_jax.checkpoint import CheckpointManager, save_model_dir
+from ecapa_jax.convert import dir_to_wespeaker
+from train.config import TrainConfig
+from train.loop import CHECKPOINT_DIR
+
+
+def average_trees(trees: Sequence[Any]) -> Any:
+    """The element-wise mean of pytrees of the same structure, WeSpeaker's ``avg_model``.
+
+    Float leaves are averaged in float64 and returned in their dtype; integer leaves (BatchNorm's
+    ``num_batches_tracked``) are rounded back to integers, where WeSpeaker's division leaves a float.
+    """
+    import jax
+
+    def mean(*leaves):
+        m = np.mean([np.asarray(x, np.float64) for x in leaves], axis=0)
+        dtype = np.asarray(leaves[0]).dtype
+        return np.rint(m).astype(dtype) if np.issubdtype(dtype, np.integer) else m.astype(dtype)
+
+    return jax.tree.map(mean, *trees)
+
+
+def read_run_config(workdir: str | Path) -> TrainConfig:
+    """The `TrainConfig` a workdir was trained with (its ``config.json``).
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no ``config.json`` (not a training run).
+    """
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir} is not a training run directory: no config.json")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def load_checkpoints(workdir: str | Path, steps: Sequence[int]) -> list[dict[str, Any]]:
+    """``{'params', 'batch_stats'}`` (``{'model', 'projection'}`` each, NumPy) of the given checkpoints."""
+    with CheckpointManager(Path(workdir) / CHECKPOINT_DIR) as ckpt:
+        trees = [ckpt.restore(step)[0] for step in steps]
+    return [{"params": t["params"], "batch_stats": t["batch_stats"]} for t in trees]
+
+
+def last_steps(workdir: str | Path, num: int | None) -> list[int]:
+    """The newest ``num`` checkpoint steps (all with None).
+
+    Raises:
+      FileNotFoundError: no checkpoints, or fewer than ``num``.
+    """
+    directory = Path(workdir) / CHECKPOINT_DIR
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{workdir} is not a training run directory: no {CHECKPOINT_DIR}/")
+    with CheckpointManager(directory) as ckpt:
+        steps = ckpt.all_steps()
+    if not steps or (num is not None and len(steps) < num):
+        raise FileNotFoundError(f"{workdir}/{CHECKPOINT_DIR} has checkpoints {steps}, fewer than the {num} asked for")
+    return steps[-num:] if num is not None else steps
+
+
+def export(workdir: str | Path, out: str | Path, steps: Sequence[int], overwrite: bool = False) -> Path:
+    """Writes the model directory ``out`` from the average of the checkpoints ``steps`` (one: a copy).
+
+    Returns:
+      ``out``.
+    """
+    config = read_run_config(workdir)
+    tree = average_trees(load_checkpoints(workdir, steps))
+    variables = {"params": tree["params"]["model"], "batch_stats": tree["batch_stats"]["model"]}
+    projection = {"params": tree["params"]["projection"]}
+    if tree["batch_stats"]["projection"]:
+        projection["batch_stats"] = tree["batch_stats"]["projection"]
+    metadata = {"source": str(Path(workdir).resolve()), "source_format": "ecapa_jax.train", "steps": list(steps)}
+    return save_model_dir(out, config.model, variables, projection, metadata, overwrite=overwrite)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.tools", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    avg = sub.add_parser("average", help="average the newest N checkpoints into a model directory")
+    avg.add_argument("workdir")
+    avg.add_argument("--num", type=int, default=None, help="checkpoints to average (default: the config's keep)")
+    avg.add_argument("--out", default=None, help="model directory (default: WORKDIR/avg_model)")
+    exp = sub.add_parser("export", help="one checkpoint (default: the newest) as a model directory")
+    exp.add_argument("workdir")
+    exp.add_argument("--step", type=int, default=None)
+    exp.add_argument("--out", default=None, help="model directory (default: WORKDIR/model_STEP)")
+    pt = sub.add_parser("wespeaker", help="a model directory as a WeSpeaker .pt state_dict")
+    pt.add_argument("model_dir")
+    pt.add_argument("out")
+    for sp in (avg, exp, pt):
+        sp.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "average":
+            num = args.num if args.num is not None else read_run_config(args.workdir).keep_checkpoints
+            steps = last_steps(args.workdir, num)
+            out = export(args.workdir, args.out or Path(args.workdir) / "avg_model", steps, args.overwrite)
+        elif args.command == "export":
+            steps = [args.step] if args.step is not None else last_steps(args.workdir, 1)
+            out = export(args.workdir, args.out or Path(args.workdir) / f"model_{steps[0]}", steps, args.overwrite)
+        else:
+            dir_to_wespeaker(args.model_dir, args.out, overwrite=args.overwrite)
+            out, steps = args.out, None
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}" + (f" (checkpoints {steps})" if steps else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
