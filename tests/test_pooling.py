@@ -100,14 +100,15 @@ def test_masked_batch_equals_each_utterance_alone(name):
 
 def test_statistics_match_numpy_formulas():
     """The pure statistics: unbiased std + 1e-7, attentive mean/std with the clamped E[x²]−μ² form."""
-    x = _frames(4).astype(np.float64)
+    x32 = _frames(4)
+    x = x32.astype(np.float64)  # the references in float64; ours in float32
     std_ref = np.sqrt(x.var(axis=1, ddof=1) + 1e-7)
-    np.testing.assert_allclose(np.asarray(pooling.temporal_std(x)), std_ref, rtol=1e-5)
-    logits = np.random.default_rng(5).normal(size=x.shape)
+    np.testing.assert_allclose(np.asarray(pooling.temporal_std(x32)), std_ref, rtol=1e-5)
+    logits = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
     alpha = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     mu = (alpha * x).sum(1)
     sigma = np.sqrt(np.maximum((alpha * x**2).sum(1) - mu**2, 1e-7))
-    ours = np.asarray(pooling.attentive_statistics(x, pooling.attention_weights(logits)))
+    ours = np.asarray(pooling.attentive_statistics(x32, pooling.attention_weights(logits)))
     np.testing.assert_allclose(ours, np.concatenate([mu, sigma], -1), atol=TOL, rtol=0)
 
 

@@ -1,0 +1,138 @@
+"""Embedding extraction, eval mode: ecapa_jax vs WeSpeaker's PyTorch model, utterances per second.
+
+    python -m benchmarks.embed [--threads 2] [--repeats 7] [--cases 8x2 4x10] [--model glob_c512]
+
+Both sides hold the same weights (WeSpeaker's random initialisation, copied into our layout) and
+embed the same batch of equal-length utterances; the script checks the embeddings agree before
+timing. Two paths per case:
+
+- features → embedding: the model alone on mean-normalised fbank (B, T, 80).
+- waveform → embedding: ours is `ecapa_jax.encoder.embed_waveforms` (fbank + CMN + model in one
+  jitted program, the path `Encoder.embed_batch` runs); theirs is WeSpeaker's extraction front-end,
+  ``torchaudio.compliance.kaldi.fbank`` per utterance (waveform × 32768, 80 bins, 25/10 ms, hamming,
+  dither 0) and mean subtraction, then the model on the stacked batch, under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from ecapa_jax.encoder import embed_waveforms
+from ecapa_jax.features import wespeaker_features
+from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
+
+SAMPLE_RATE = 16000
+
+
+def wespeaker_model(ecapa, config: EcapaConfig):
+    """WeSpeaker's ECAPA_TDNN for one of our configs (same channels, pooling, global context), eval mode."""
+    model = ecapa.ECAPA_TDNN(
+        channels=config.channels,
+        feat_dim=config.feat_dim,
+        embed_dim=config.embed_dim,
+        pooling_func=config.pooling,
+        global_context_att=config.global_context_att,
+        emb_bn=config.emb_bn,
+    )
+    return model.eval()
+
+
+def torch_features(torch, kaldi, wavs: np.ndarray):
+    """WeSpeaker's extraction front-end per utterance, stacked: (B, N) → (B, T, 80) torch tensor."""
+    feats = []
+    for w in torch.from_numpy(wavs):
+        f = kaldi.fbank(
+            w[None] * (1 << 15),
+            num_mel_bins=80,
+            frame_length=25,
+            frame_shift=10,
+            dither=0.0,
+            sample_frequency=SAMPLE_RATE,
+            window_type="hamming",
+        )
+        feats.append(f - f.mean(dim=0))  # CMN, mean only
+    return torch.stack(feats)
+
+
+def run_case(batch: int, seconds: float, args, config: EcapaConfig, variables, theirs, kaldi) -> dict[str, float]:
+    """Both paths for one batch of ``batch`` random utterances of ``seconds``; prints and returns the ratios."""
+    torch = common.import_torch()
+    samples = int(seconds * SAMPLE_RATE)
+    wavs = (0.1 * np.random.default_rng(0).standard_normal((batch, samples))).astype(np.float32)  # (B, N)
+    lengths = np.full(batch, samples, np.int32)
+    feats = wespeaker_features(wavs)[0]  # (B, T, 80)
+    feats_t = torch.from_numpy(np.array(feats))
+    model = ECAPA_TDNN(config)
+    ours_feats = jax.jit(lambda v, f: model.apply(v, f, train=False)[0])
+
+    def run_theirs(x):
+        with torch.inference_mode():
+            return theirs(x)[-1]
+
+    ref = run_theirs(torch_features(torch, kaldi, wavs)).numpy()
+    ours = np.asarray(embed_waveforms(variables, wavs, lengths, config))
+    err = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+    name = f"{batch}x{seconds:g}s"
+    print(
+        f"\ncase: batch {batch} x {seconds:g} s ({feats.shape[1]} frames); max |ours - theirs| / max |theirs| {err:.1e}"
+    )
+
+    timings = common.interleaved(
+        {
+            "ecapa_jax": lambda: ours_feats(variables, feats).block_until_ready(),
+            "wespeaker": lambda: run_theirs(feats_t),
+        },
+        args.repeats,
+        args.warmup,
+    )
+    title = f"features -> embedding, batch {batch} x {seconds:g} s"
+    ratios = {f"{name} features": common.report(title, timings, batch, "utt/s", "ecapa_jax", "wespeaker")}
+    wav_j = jnp.asarray(wavs)
+    timings = common.interleaved(
+        {
+            "ecapa_jax": lambda: embed_waveforms(variables, wav_j, lengths, config).block_until_ready(),
+            "wespeaker": lambda: run_theirs(torch_features(torch, kaldi, wavs)),
+        },
+        args.repeats,
+        args.warmup,
+    )
+    title = f"waveform -> embedding, batch {batch} x {seconds:g} s"
+    ratios[f"{name} waveform"] = common.report(title, timings, batch, "utt/s", "ecapa_jax", "wespeaker")
+    return ratios
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Runs every case; returns {'<B>x<s>s <path>': ratio ours / theirs}."""
+    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    p.add_argument("--cases", nargs="+", default=["8x2", "4x10"], help="BATCHxSECONDS, e.g. 8x2 4x10")
+    p.add_argument("--model", default="glob_c512", choices=["c512", "c1024", "glob_c512", "glob_c1024"])
+    p.add_argument("--channels", type=int, default=0, help="override the channels (tiny smoke runs)")
+    args = common.parse(p, argv)
+    cases = [tuple(float(v) for v in c.split("x")) for c in args.cases]
+
+    ecapa = common.wespeaker("models.ecapa_tdnn")
+    from torchaudio.compliance import kaldi
+
+    torch = common.import_torch()
+    pinned = common.pin_threads(args.threads)
+    config = EcapaConfig.preset(args.model)
+    config = config.replace(channels=args.channels) if args.channels else config
+    torch.manual_seed(0)
+    theirs = wespeaker_model(ecapa, config)
+    variables = jax.device_put(common.wespeaker_variables(theirs))
+    print(common.banner({"model": f"{args.model} (channels {config.channels}), eval, float32", **pinned}))
+
+    ratios = {}
+    for batch, seconds in cases:
+        ratios.update(run_case(int(batch), seconds, args, config, variables, theirs, kaldi))
+    return ratios
+
+
+if __name__ == "__main__":
+    main()
