@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from ecapa_jax.layers import BatchNorm
+from ecapa_jax.model import config_from_dict
 from ecapa_jax.schedules import sphere_lambda
 
 Array = jnp.ndarray
@@ -508,11 +509,7 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HeadConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown HeadConfig fields {unknown}; expected a subset of {sorted(fields)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 HEADS: dict[str, Callable[..., nn.Module]] = {

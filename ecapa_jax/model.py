@@ -32,6 +32,15 @@ from ecapa_jax.pooling import POOLINGS, make_pooling
 Array = jnp.ndarray
 
 
+def config_from_dict(cls, d: dict[str, Any]):
+    """``cls(**d)`` for a flat config dataclass, naming any key that is not one of its fields."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(fields)}")
+    return cls(**d)
+
+
 @dataclasses.dataclass(frozen=True)
 class EcapaConfig:
     """Hyper-parameters of an ECAPA-TDNN; the presets are WeSpeaker's registered variants.
@@ -103,11 +112,7 @@ class EcapaConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EcapaConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown EcapaConfig fields {unknown}; expected a subset of {sorted(fields)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 PRESETS = {
