@@ -23,19 +23,13 @@ from collections.abc import Sequence
 from benchmarks import common
 from benchmarks.train_step import CLASSES, ours_step
 from ecapa_jax.model import EcapaConfig
-from train.data import DataConfig, Loader, make_source, measure_throughput
-from train.demo_corpus import DemoCorpus, write_dataset
+from train.data import DataConfig, Loader, demo_corpus, make_source, measure_throughput
+from train.demo_corpus import write_dataset
 
 
 def write_kaldi_dir(directory: str, num_utts: int, config: DataConfig) -> str:
     """Writes ``num_utts`` utterances of the demo corpus as a Kaldi data directory; returns its path."""
-    corpus = DemoCorpus(
-        num_speakers=config.demo_speakers,
-        utts_per_speaker=config.demo_utts_per_speaker,
-        seed=config.demo_seed,
-        sample_rate=config.sample_rate,
-        num_held_out=config.demo_held_out,
-    )
+    corpus = demo_corpus(config)
     return write_dataset(corpus, directory, corpus.utterances[:num_utts])["dir"]
 
 

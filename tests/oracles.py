@@ -82,3 +82,23 @@ def randomise_batchnorm(module, seed: int = 0) -> None:
                 m.running_var.copy_(t.rand(m.running_var.shape, generator=g) + 0.5)
                 m.weight.copy_(t.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(t.randn(m.bias.shape, generator=g) * 0.1)
+
+
+def wespeaker_fbank(samples):
+    """WeSpeaker's inference fbank (torchaudio kaldi.fbank: 80 bins, 25/10 ms, dither 0, hamming, no
+    energy, 16 kHz) of (N,) samples already in int16 scale. Returns a (T, 80) torch tensor."""
+    import numpy as np
+
+    t = torch()
+    kaldi = pytest.importorskip("torchaudio.compliance.kaldi")
+    waveform = t.from_numpy(np.asarray(samples, np.float32))[None]  # (1, N)
+    return kaldi.fbank(
+        waveform,
+        num_mel_bins=80,
+        frame_length=25,
+        frame_shift=10,
+        dither=0.0,
+        sample_frequency=16000,
+        window_type="hamming",
+        use_energy=False,
+    )

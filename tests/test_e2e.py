@@ -37,18 +37,7 @@ def glob_c512(tmp_path_factory):
 def wespeaker_embedding(model, samples: np.ndarray) -> np.ndarray:
     """WeSpeaker's inference front-end and model on (N,) int16-scale samples at 16 kHz. Returns (E,)."""
     torch = oracles.torch()
-    kaldi = pytest.importorskip("torchaudio.compliance.kaldi")
-    waveform = torch.from_numpy(np.asarray(samples, np.float32))[None]  # (1, N)
-    feats = kaldi.fbank(
-        waveform,
-        num_mel_bins=80,
-        frame_length=25,
-        frame_shift=10,
-        dither=0.0,
-        sample_frequency=16000,
-        window_type="hamming",
-        use_energy=False,
-    )  # (T, 80)
+    feats = oracles.wespeaker_fbank(samples)  # (T, 80)
     feats = feats - feats.mean(dim=0)  # CMN, mean only
     with torch.no_grad():
         return model(feats[None])[-1][0].numpy()

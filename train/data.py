@@ -422,17 +422,22 @@ class DataSource:
         return resample(x.mean(axis=1), sr, self.sample_rate)
 
 
+def demo_corpus(config: DataConfig) -> DemoCorpus:
+    """The generated corpus that ``config``'s ``demo_*`` fields describe."""
+    return DemoCorpus(
+        num_speakers=config.demo_speakers,
+        utts_per_speaker=config.demo_utts_per_speaker,
+        seed=config.demo_seed,
+        sample_rate=config.sample_rate,
+        num_held_out=config.demo_held_out,
+    )
+
+
 def make_source(config: DataConfig) -> DataSource:
     """The `DataSource` that ``config`` describes (list parsing, label set, demo corpus)."""
     demo = None
     if config.data_type == "demo":
-        demo = DemoCorpus(
-            num_speakers=config.demo_speakers,
-            utts_per_speaker=config.demo_utts_per_speaker,
-            seed=config.demo_seed,
-            sample_rate=config.sample_rate,
-            num_held_out=config.demo_held_out,
-        )
+        demo = demo_corpus(config)
         utts = [Utterance(key, spk) for key, spk in demo.utterances]
     else:
         reader = {"raw": read_raw_list, "shard": read_shard_list, "kaldi": read_kaldi_dir}[config.data_type]
