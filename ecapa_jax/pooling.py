@@ -108,6 +108,27 @@ def _conv1x1(features: int, dtype: Dtype, name: str) -> nn.Conv:
 # ----------------------------------------------------------------------------- modules
 
 
+class _GlobalContextConv1x1(nn.Module):
+    """The 1×1 conv of [x, context broadcast over time]: (B, T, C), (B, D) → (B, T, features).
+
+    Same leaves as ``nn.Conv`` on the concatenation (``kernel`` (1, C + D, features), ``bias``), but the
+    context rows of the kernel are applied once per utterance rather than at every frame: WeSpeaker's
+    concatenation materialises (B, T, 3C) and spends 2/3 of this conv's multiply-adds on a constant.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, context: Array) -> Array:
+        channels = x.shape[-1]
+        shape = (1, channels + context.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32).astype(self.dtype)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype)
+        per_utt = context.astype(self.dtype) @ kernel[0, channels:] + bias  # (B, features)
+        return x.astype(self.dtype) @ kernel[0, :channels] + per_utt[:, None, :]  # (B, T, features)
+
+
 class _AttentionScorer(nn.Module):
     """1×1 convs ``att_0`` … ``att_{n-1}`` of the given widths with tanh between. (B, T, d) → (B, T, widths[-1])."""
 
@@ -160,7 +181,8 @@ class ASTP(nn.Module):
     """Attentive statistics pooling (Desplanques et al., arXiv:2005.07143), channel-wise attention.
 
     α = softmax_t(linear2(tanh(linear1(x_in)))), where x_in is x or, with ``global_context_att``,
-    [x, mean_t x, std_t x] broadcast over time (the std with the unbiased variance + 1e-7).
+    [x, mean_t x, std_t x] broadcast over time (the std with the unbiased variance + 1e-7; computed
+    without materialising the (B, T, 3C) concatenation, see ``_GlobalContextConv1x1``).
     The statistics are always taken of x itself. No ReLU/BN in the attention, as in WeSpeaker.
     (B, T, C) → (B, 2C).
     """
@@ -172,13 +194,12 @@ class ASTP(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         channels = x.shape[-1]
-        x_in = x
         if self.global_context_att:
-            context = [temporal_mean(x, mask), temporal_std(x, mask)]  # 2 × (B, C)
-            context = [jnp.broadcast_to(c[:, None, :], x.shape).astype(x.dtype) for c in context]
-            x_in = jnp.concatenate([x] + context, axis=-1)  # (B, T, 3C)
-        h = jnp.tanh(_conv1x1(self.bottleneck_dim, self.dtype, "linear1")(x_in))  # (B, T, bottleneck)
-        scores = _conv1x1(channels, self.dtype, "linear2")(h)  # (B, T, C)
+            context = jnp.concatenate([temporal_mean(x, mask), temporal_std(x, mask)], axis=-1)  # (B, 2C)
+            h = _GlobalContextConv1x1(self.bottleneck_dim, self.dtype, name="linear1")(x, context)
+        else:
+            h = _conv1x1(self.bottleneck_dim, self.dtype, "linear1")(x)  # (B, T, bottleneck)
+        scores = _conv1x1(channels, self.dtype, "linear2")(jnp.tanh(h))  # (B, T, C)
         return attentive_statistics(x, attention_weights(scores, mask))
 
     def out_dim(self, in_dim: int) -> int:
