@@ -27,6 +27,16 @@ def test_same_seed_same_samples_in_any_call_order(corpus):
     assert len(other) != len(a1) or np.max(np.abs(other[:n] - a1[:n])) > 0.1, "seed 1 reproduced seed 0"
 
 
+def test_cache_returns_the_same_read_only_samples(corpus):
+    cached = DemoCorpus(num_speakers=6, utts_per_speaker=6, seed=0, num_held_out=8, cache=True)
+    first = cached.waveform("spk0002-004")
+    np.testing.assert_array_equal(first, corpus.waveform("spk0002-004"))
+    assert cached.waveform("spk0002-004") is first  # generated once
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = 0.0  # a caller writing into it would change every later read
+    assert corpus.waveform("spk0002-004") is not corpus.waveform("spk0002-004")  # uncached: fresh arrays
+
+
 def test_speaker_sets_are_disjoint_and_listed(corpus):
     assert corpus.speakers == [f"spk{i:04d}" for i in range(6)]
     assert corpus.held_out_speakers == [f"eval{i:04d}" for i in range(8)]

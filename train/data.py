@@ -423,13 +423,14 @@ class DataSource:
 
 
 def demo_corpus(config: DataConfig) -> DemoCorpus:
-    """The generated corpus that ``config``'s ``demo_*`` fields describe."""
+    """The generated corpus that ``config``'s ``demo_*`` fields describe, each waveform generated once."""
     return DemoCorpus(
         num_speakers=config.demo_speakers,
         utts_per_speaker=config.demo_utts_per_speaker,
         seed=config.demo_seed,
         sample_rate=config.sample_rate,
         num_held_out=config.demo_held_out,
+        cache=True,
     )
 
 

@@ -345,6 +345,9 @@ class DemoCorpus:
       min_duration: shortest utterance (s).
       max_duration: longest utterance (s).
       snr_db: range of the additive background noise SNR (dB).
+      cache: keep every generated waveform in memory (read-only) and return it on later calls. A trainer
+        reads each utterance once per epoch and generating one takes ≈ 70 ms, more than a train step
+        spends on it; the demo recipe's 1,000 utterances take ≈ 260 MB.
     """
 
     num_speakers: int = 200
@@ -355,6 +358,11 @@ class DemoCorpus:
     min_duration: float = 2.0
     max_duration: float = 6.0
     snr_db: tuple[float, float] = (5.0, 30.0)
+    cache: bool = False
+
+    @functools.cached_property
+    def _waveforms(self) -> dict[str, np.ndarray]:
+        return {}
 
     @functools.cached_property
     def speakers(self) -> list[str]:
@@ -396,6 +404,15 @@ class DemoCorpus:
 
     def waveform(self, utt_id: str) -> np.ndarray:
         """The samples of one utterance: float32 (N,), peak in [0.3, 0.9], same id → same samples."""
+        if not self.cache:
+            return self._generate(utt_id)
+        if utt_id not in self._waveforms:  # threads may both generate it: same samples, harmless
+            x = self._generate(utt_id)
+            x.flags.writeable = False  # shared by every later caller
+            self._waveforms[utt_id] = x
+        return self._waveforms[utt_id]
+
+    def _generate(self, utt_id: str) -> np.ndarray:
         group, s, u = self._locate(utt_id)
         voice = draw_voice(np.random.default_rng([self.seed, group, s]))
         rng = np.random.default_rng([self.seed, group, s, 1 + u])

@@ -237,17 +237,6 @@ def evaluate(model: nn.Module, variables, eval_set: EvalSet, batch_size: int = 1
 # ----------------------------------------------------------------------------- logs
 
 
-class _CachedCorpus:
-    """The demo corpus with each waveform generated once (≈ 70 ms each; epochs re-read every utterance)."""
-
-    def __init__(self, corpus):
-        self._corpus = corpus
-        self.waveform = functools.lru_cache(maxsize=None)(corpus.waveform)
-
-    def __getattr__(self, name):
-        return getattr(self._corpus, name)
-
-
 class JsonLog:
     """Appends JSON lines (on process 0 only); `truncate` drops lines logged past a resumed step."""
 
@@ -300,8 +289,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
     if lead:
         check_workdir_config(workdir, config, force=force_config)
     source = make_source(config.data)
-    if source.demo is not None:
-        source.demo = _CachedCorpus(source.demo)
     loader = Loader(source, config.data, jax.process_index(), jax.process_count())
     epoch_iter = config.steps_per_epoch or loader.epoch_iter
     total = config.num_epochs * epoch_iter
