@@ -8,6 +8,7 @@ The workdir is the unit of a run and of its resumption::
                                samples/s, and the data position and index checksum of its batch
     WORKDIR/eval.jsonl         held-out EER at step 0 (fresh runs), every ``eval_interval`` steps, the end
     WORKDIR/model/             the final inference model directory (``ecapa_jax.encoder.load`` reads it)
+    WORKDIR/model.pt           the same model as a WeSpeaker state_dict (``python -m ecapa_jax.convert``)
 
 Running the same command again resumes exactly from the newest checkpoint: the state, the loader
 position (so the same batches follow), and the per-step rng, which is ``fold_in(key(seed), step)``
@@ -45,6 +46,7 @@ import tqdm
 
 from ecapa_jax.audio import load_audio
 from ecapa_jax.checkpoint import CheckpointManager, load_model_dir, save_model_dir
+from ecapa_jax.convert import dir_to_wespeaker
 from ecapa_jax.features import wespeaker_features
 from ecapa_jax.heads import make_head
 from ecapa_jax.kaldi_io import read_wav_scp
@@ -70,6 +72,7 @@ from train.step import (
 log = logging.getLogger(__name__)
 
 METRICS_FILE, EVAL_FILE, CHECKPOINT_DIR, MODEL_DIR = "metrics.jsonl", "eval.jsonl", "checkpoints", "model"
+WESPEAKER_FILE = "model.pt"  # the final model as WeSpeaker's state_dict, for WeSpeaker's own tools
 
 
 class NonFiniteError(FloatingPointError):
@@ -411,6 +414,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
         variables = {"params": state.params["model"], "batch_stats": state.batch_stats["model"]}
         metadata = {"source": str(workdir.resolve()), "source_format": "ecapa_jax.train", "step": total, "eer": eer}
         save_model_dir(model_dir, config.model, jax.device_get(variables), jax.device_get(projection), metadata, True)
+        dir_to_wespeaker(model_dir, workdir / WESPEAKER_FILE, overwrite=True)
         if eer is not None:
             print(f"final held-out EER after {total} steps: {100 * eer:.2f}%")
     return {"step": total, "eer": eer, "model_dir": str(model_dir)}

@@ -3,6 +3,7 @@
     python -m train.tools average WORKDIR [--num N] [--out DIR]     # WeSpeaker's avg_model → model dir
     python -m train.tools export WORKDIR [--step N] [--out DIR]     # one checkpoint → model dir
     python -m train.tools wespeaker MODEL_DIR OUT.pt                 # model dir → WeSpeaker state_dict
+    python -m train.tools demo-data OUT_DIR [--workdir RUN]          # the demo's held-out audio + trials
 
 A model directory (`ecapa_jax.checkpoint.save_model_dir`) holds the encoder and the training head
 (``projection``), as WeSpeaker's ``avg_model.pt`` does; ``ecapa_jax.encoder.load`` reads it.
@@ -21,7 +22,9 @@ import numpy as np
 
 from ecapa_jax.checkpoint import CheckpointManager, save_model_dir
 from ecapa_jax.convert import dir_to_wespeaker
-from train.config import TrainConfig
+from train.config import TrainConfig, load_config
+from train.data import demo_corpus
+from train.demo_corpus import write_dataset, write_trials
 from train.loop import CHECKPOINT_DIR
 
 
@@ -92,6 +95,31 @@ def export(workdir: str | Path, out: str | Path, steps: Sequence[int], overwrite
     return save_model_dir(out, config.model, variables, projection, metadata, overwrite=overwrite)
 
 
+def write_demo_eval(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path:
+    """Writes the held-out speakers of ``config``'s demo corpus as a Kaldi data dir plus ``trials``.
+
+    The trials are those the trainer scores for its held-out EER (``config.num_eval_trials`` of them),
+    so embedding ``wav.scp`` and scoring ``trials`` with the CLIs reproduces that figure from files
+    (up to the 16-bit quantisation of the WAVs).
+
+    Returns:
+      ``out``.
+
+    Raises:
+      ValueError: the config has no demo corpus or no held-out speakers.
+      FileExistsError: ``out`` exists and is not empty (unless ``overwrite``).
+    """
+    if config.data.data_type != "demo" or config.data.demo_held_out < 2:
+        raise ValueError("the run does not train on the demo corpus with ≥ 2 held-out speakers")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (--overwrite to write into it)")
+    corpus = demo_corpus(config.data)
+    write_dataset(corpus, str(out), corpus.held_out_utterances)
+    write_trials(corpus.held_out_trials(config.num_eval_trials), str(out / "trials"))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.tools", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,7 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     pt = sub.add_parser("wespeaker", help="a model directory as a WeSpeaker .pt state_dict")
     pt.add_argument("model_dir")
     pt.add_argument("out")
-    for sp in (avg, exp, pt):
+    demo = sub.add_parser("demo-data", help="the demo corpus's held-out audio and trials as a Kaldi data dir")
+    demo.add_argument("out")
+    demo.add_argument("--workdir", default=None, help="the run whose corpus and trials (default: the demo preset)")
+    for sp in (avg, exp, pt, demo):
         sp.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -117,9 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             steps = [args.step] if args.step is not None else last_steps(args.workdir, 1)
             out = export(args.workdir, args.out or Path(args.workdir) / f"model_{steps[0]}", steps, args.overwrite)
-        else:
+        elif args.command == "wespeaker":
             dir_to_wespeaker(args.model_dir, args.out, overwrite=args.overwrite)
             out, steps = args.out, None
+        else:
+            config = read_run_config(args.workdir) if args.workdir else load_config("demo")
+            out, steps = write_demo_eval(config, args.out, args.overwrite), None
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

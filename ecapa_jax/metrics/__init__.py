@@ -193,7 +193,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             status = 2
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
