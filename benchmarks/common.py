@@ -181,7 +181,40 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int 
     return {k: Timing(k, tuple(wall[k]), tuple(cpu[k])) for k in fns}
 
 
-def report(title: str, timings: Mapping[str, Timing], items: float, unit: str, ours: str, theirs: str) -> float:
+def gemm_rate(repeats: int = 7, shape: tuple[int, int, int] = (2048, 1536, 1536)) -> dict[str, float]:
+    """The float32 matrix-multiply rate XLA and PyTorch reach here: the CPU's practical peak.
+
+    ECAPA's multiply-adds are ~95 % matmul-shaped (the 1×1 convs, the MFA conv, the attention), so
+    model FLOPs / time against this rate says how far each side is from the hardware's ceiling.
+    Times ``jnp.dot`` and ``torch.mm`` of an (M, K) × (K, N) product, interleaved.
+
+    Returns:
+      {'xla': GFLOP/s, 'torch': GFLOP/s}, medians.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    torch = import_torch()
+    m, k, n = shape
+    a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+    ta, tb = torch.ones(m, k), torch.ones(k, n)
+    dot = jax.jit(jnp.dot)
+    timings = interleaved({"xla": lambda: dot(a, b).block_until_ready(), "torch": lambda: torch.mm(ta, tb)}, repeats)
+    rates = {name: 2 * m * k * n / t.median / 1e9 for name, t in timings.items()}
+    print(f"fp32 GEMM ({m}x{k} @ {k}x{n}): XLA {rates['xla']:.1f} GFLOP/s, torch {rates['torch']:.1f} GFLOP/s")
+    return rates
+
+
+def report(
+    title: str,
+    timings: Mapping[str, Timing],
+    items: float,
+    unit: str,
+    ours: str,
+    theirs: str,
+    flops: float | None = None,
+    peak: float | None = None,
+) -> float:
     """Prints one line per side (median, min–max, throughput, busy cores) and the ratio line.
 
     Args:
@@ -190,15 +223,20 @@ def report(title: str, timings: Mapping[str, Timing], items: float, unit: str, o
       items: units of work per call (utterances, samples, seconds of audio).
       unit: their name, e.g. "utt/s".
       ours, theirs: the names in ``timings`` to compare.
+      flops: the model's FLOPs per call (2 × the analytic multiply-adds; the same count for both sides);
+        with ``peak`` (GFLOP/s, from `gemm_rate`) each line also shows GFLOP/s and the fraction of peak.
 
     Returns:
       throughput(ours) / throughput(theirs) = median time(theirs) / median time(ours).
     """
     print(f"-- {title}")
     for t in timings.values():
+        rate = ""
+        if flops is not None and peak:
+            rate = f"  {flops / t.median / 1e9:6.1f} GFLOP/s = {100 * flops / t.median / 1e9 / peak:3.0f}% of GEMM"
         print(
             f"   {t.name:24s} median {t.median * 1e3:9.1f} ms  (min {min(t.wall) * 1e3:.1f}, "
-            f"max {max(t.wall) * 1e3:.1f}, n={len(t.wall)})  {items / t.median:10.1f} {unit}  cores {t.cores:.2f}"
+            f"max {max(t.wall) * 1e3:.1f}, n={len(t.wall)})  {items / t.median:10.1f} {unit}  cores {t.cores:.2f}{rate}"
         )
     a, b = timings[ours], timings[theirs]
     ratio = b.median / a.median

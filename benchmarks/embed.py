@@ -11,11 +11,16 @@ timing. Two paths per case:
   jitted program, the path `Encoder.embed_batch` runs); theirs is WeSpeaker's extraction front-end,
   ``torchaudio.compliance.kaldi.fbank`` per utterance (waveform × 32768, 80 bins, 25/10 ms, hamming,
   dither 0) and mean subtraction, then the model on the stacked batch, under ``torch.inference_mode``.
+
+Each side's model GFLOP/s (2 × the analytic multiply-adds of the model at T frames, the same count for
+both) is shown as a fraction of the float32 GEMM rate measured first (`common.gemm_rate`): the
+ceiling any implementation of this model can approach on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -23,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from benchmarks.flops import model_macs
 from ecapa_jax.encoder import embed_waveforms
 from ecapa_jax.features import wespeaker_features
 from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
@@ -60,7 +66,9 @@ def torch_features(torch, kaldi, wavs: np.ndarray):
     return torch.stack(feats)
 
 
-def run_case(batch: int, seconds: float, args, config: EcapaConfig, variables, theirs, kaldi) -> dict[str, float]:
+def run_case(
+    batch: int, seconds: float, args, config: EcapaConfig, variables, theirs, kaldi, peak: float
+) -> dict[str, float]:
     """Both paths for one batch of ``batch`` random utterances of ``seconds``; prints and returns the ratios."""
     torch = common.import_torch()
     samples = int(seconds * SAMPLE_RATE)
@@ -92,7 +100,9 @@ def run_case(batch: int, seconds: float, args, config: EcapaConfig, variables, t
         args.warmup,
     )
     title = f"features -> embedding, batch {batch} x {seconds:g} s"
-    ratios = {f"{name} features": common.report(title, timings, batch, "utt/s", "ecapa_jax", "wespeaker")}
+    flops = 2 * batch * model_macs(config, feats.shape[1])
+    report = functools.partial(common.report, flops=flops, peak=peak)
+    ratios = {f"{name} features": report(title, timings, batch, "utt/s", "ecapa_jax", "wespeaker")}
     wav_j = jnp.asarray(wavs)
     timings = common.interleaved(
         {
@@ -103,7 +113,7 @@ def run_case(batch: int, seconds: float, args, config: EcapaConfig, variables, t
         args.warmup,
     )
     title = f"waveform -> embedding, batch {batch} x {seconds:g} s"
-    ratios[f"{name} waveform"] = common.report(title, timings, batch, "utt/s", "ecapa_jax", "wespeaker")
+    ratios[f"{name} waveform"] = report(title, timings, batch, "utt/s", "ecapa_jax", "wespeaker")
     return ratios
 
 
@@ -127,10 +137,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     theirs = wespeaker_model(ecapa, config)
     variables = jax.device_put(common.wespeaker_variables(theirs))
     print(common.banner({"model": f"{args.model} (channels {config.channels}), eval, float32", **pinned}))
+    peak = max(common.gemm_rate(args.repeats).values())
 
     ratios = {}
     for batch, seconds in cases:
-        ratios.update(run_case(int(batch), seconds, args, config, variables, theirs, kaldi))
+        ratios.update(run_case(int(batch), seconds, args, config, variables, theirs, kaldi, peak))
     return ratios
 
 

@@ -11,7 +11,9 @@ features computed beforehand (as its dataloader workers do), and again with the 
 
 Both sides use GLOB_c512 (192-d embedding) and the recipe's VoxCeleb2 head, 5,994 speakers × 3
 speeds = 17,982 classes, margin 0.2, scale 32. The recipe's 128 samples per device are too slow
-for repeated runs on a 2-core CPU; the batch is a flag (16 by default).
+for repeated runs on a 2-core CPU; the batch is a flag (16 by default). Each side's model GFLOP/s
+(3 × the forward pass's 2 × multiply-adds, the same count for both) is shown as a fraction of the
+float32 GEMM rate measured first (`benchmarks.common.gemm_rate`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.embed import torch_features, wespeaker_model
+from benchmarks.flops import model_macs
 from ecapa_jax.heads import ArcMarginHead
 from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
 from train import step as train_step
@@ -127,13 +130,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     theirs = theirs_step(torch, ecapa, projections, config, args.classes)
     feats_t = torch_features(torch, kaldi, wavs)  # dither 0 here; the cost is the same with dither
 
+    peak = max(common.gemm_rate(args.repeats).values())
+    # Forward + backward ≈ 3 forward passes of the model and of the head's (E, classes) matmul.
+    flops = 3 * 2 * args.batch * (model_macs(config, args.frames) + config.embed_dim * args.classes)
+    report = functools.partial(common.report, flops=flops, peak=peak)
     ratios = {}
     timings = common.interleaved(
         {"ecapa_jax": lambda: ours(host_batch), "wespeaker": lambda: theirs(feats_t, labels_t)},
         args.repeats,
         args.warmup,
     )
-    ratios["features outside"] = common.report(
+    ratios["features outside"] = report(
         "train step; WeSpeaker's features computed outside the step",
         timings,
         args.batch,
@@ -149,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         args.repeats,
         args.warmup,
     )
-    ratios["fbank inside"] = common.report(
+    ratios["fbank inside"] = report(
         "train step; WeSpeaker's fbank + CMN inside the step",
         timings,
         args.batch,
@@ -172,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                 args.repeats,
                 args.warmup,
             )
-            ratios["torch.compile"] = common.report(
+            ratios["torch.compile"] = report(
                 "train step; WeSpeaker's model under torch.compile, features outside",
                 timings,
                 args.batch,

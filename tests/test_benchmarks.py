@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import common, flops
 
-TINY_MODEL = ["--channels", "16", "--repeats", "1", "--warmup", "0"]
+TINY_MODEL = ["--channels", "16", "--repeats", "1", "--warmup", "1"]  # warm-up: compilation is not timed
 RATIO = re.compile(r"ratio .+: (\d+\.\d+)x")
 
 
@@ -84,9 +84,11 @@ def test_flops_match_hand_count(capsys):
     w = c // s
     block = 2 * t * c * c + (s - 1) * t * 3 * w * w + 2 * c * b  # conv1, Res2 branches, conv2, SE
     expected = t * 5 * f * c + 3 * block + t * 3 * c * m + t * 3 * m * a + t * a * m + 2 * m * e
+    # What runs: the global-context attention's mean/std rows (2/3 of its first conv) once per utterance.
+    executed = expected - t * 2 * m * a + 2 * m * a
     macs, xla_macs = flops.main(["--channels", "16", "--frames", str(t), "--models", "glob_c512"])["glob_c512"]
     assert macs == expected
-    assert abs(xla_macs / expected - 1) < 0.05  # XLA also counts BN, activations and pooling statistics
+    assert abs(xla_macs / executed - 1) < 0.05  # XLA also counts BN, activations and pooling statistics
     assert "MFU" in capsys.readouterr().out
 
 
