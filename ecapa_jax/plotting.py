@@ -1,12 +1,14 @@
-"""Plots of verification scores and training curves, drawn on a matplotlib ``Axes`` the caller owns.
+"""Plots of verification scores, training curves and embeddings, drawn on a matplotlib ``Axes`` the caller owns.
 
 The notebooks call these so that what they show is computed by the library: the DET curve is
 ``metrics.det_curve`` (WeSpeaker's operating points) on normal-deviate axes, the EER marker is
-``metrics.compute_eer``. Nothing here imports matplotlib; pass ``plt.subplots()``'s axes.
+``metrics.compute_eer``, the embedding map is ``pca_2d``. Nothing here imports matplotlib; pass
+``plt.subplots()``'s axes.
 
-    fig, (ax1, ax2) = plt.subplots(1, 2)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3)
     plot_score_histogram(ax1, scores, labels, title="Cosine scores")
     plot_det(ax2, scores, labels, title="DET")
+    plot_embeddings_2d(ax3, embeddings, speakers, title="Embeddings")
 """
 
 from __future__ import annotations
@@ -106,20 +108,39 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     return (csum[1:] - csum[lo]) / (np.arange(len(x)) + 1 - lo)
 
 
-def plot_curves(ax, curves: Mapping[str, Sequence[float]], *, title: str, xlabel: str, ylabel: str, window: int = 1):
+def plot_curves(
+    ax,
+    curves: Mapping[str, Sequence[float]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    window: int = 1,
+    x: Sequence[float] | None = None,
+):
     """One line per named curve (e.g. the loss per step of several runs), optionally smoothed.
 
     Args:
       ax: a matplotlib Axes.
-      curves: ``{name: (N,) values}``; x is the index 0…N−1.
+      curves: ``{name: (N,) values}``.
       title, xlabel, ylabel: the axes texts.
       window: trailing moving-average window (1 = raw values), see ``moving_average``.
+      x: (N,) abscissae shared by every curve (e.g. the logged steps); default the index 0…N−1.
 
     Returns:
       ``ax``.
+
+    Raises:
+      ValueError: ``x`` and a curve of different lengths.
     """
     for name, values in curves.items():
-        ax.plot(moving_average(values, window), label=name)
+        y = moving_average(values, window)
+        if x is None:
+            ax.plot(y, label=name)
+        elif len(x) != len(y):
+            raise ValueError(f"curve {name!r} has {len(y)} values but x has {len(x)}")
+        else:
+            ax.plot(x, y, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel if window == 1 else f"{ylabel} (mean of last {window})")
     ax.set_title(title)
@@ -127,4 +148,81 @@ def plot_curves(ax, curves: Mapping[str, Sequence[float]], *, title: str, xlabel
     return ax
 
 
-__all__ = ["DET_LIMITS", "DET_TICKS", "moving_average", "plot_curves", "plot_det", "plot_score_histogram", "probit"]
+def pca_2d(x: Any) -> np.ndarray:
+    """Coordinates of points on their two principal axes: y = (x − mean) · [v₁ v₂].
+
+    v₁, v₂ are the top two right singular vectors of the centred data (the directions of largest
+    variance; Pearson 1901, via the SVD). A singular vector's sign is arbitrary, so each is fixed to
+    have its largest-magnitude entry positive (the first such entry on a tie): the same data always
+    give the same picture.
+
+    Args:
+      x: (N, D) points, N ≥ 2, D ≥ 2.
+
+    Returns:
+      (N, 2) float64 coordinates; column k has variance σ_k² / N, the k-th largest share of the total.
+
+    Raises:
+      ValueError: ``x`` is not 2-D with at least two rows and two columns, or is not finite.
+    """
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2:
+        raise ValueError(f"pca_2d needs (N, D) points with N >= 2 and D >= 2, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("pca_2d: the points contain NaN or infinite values")
+    centred = x - x.mean(axis=0)  # (N, D)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    axes = vt[:2]  # (2, D)
+    signs = np.sign(axes[np.arange(2), np.argmax(np.abs(axes), axis=1)])
+    return centred @ (axes * signs[:, None]).T  # (N, 2)
+
+
+def plot_embeddings_2d(ax, embeddings: Any, speakers: Sequence[str], *, title: str):
+    """Embeddings on their two principal axes (``pca_2d``), one colour and legend entry per speaker.
+
+    Axis labels give each axis's share of the total variance, Σ_n y_nk² / Σ_n ‖x_n − mean‖².
+
+    Args:
+      ax: a matplotlib Axes.
+      embeddings: (N, E) embeddings (length-normalise them first to show what cosine scoring sees).
+      speakers: (N,) speaker of each row; colours follow the sorted speaker names (tab20 up to 20
+        speakers, else a continuous map).
+      title: the axes title.
+
+    Returns:
+      ``ax``.
+
+    Raises:
+      ValueError: ``speakers`` and ``embeddings`` of different lengths, or as ``pca_2d``.
+    """
+    x = np.asarray(embeddings, np.float64)
+    coords = pca_2d(x)  # (N, 2)
+    speakers = np.asarray(speakers)
+    if speakers.shape != (len(x),):
+        raise ValueError(f"speakers must name each of the {len(x)} embeddings, got shape {speakers.shape}")
+    share = np.sum(coords**2, axis=0) / np.sum((x - x.mean(axis=0)) ** 2)  # (2,)
+    names = sorted(set(speakers.tolist()))
+    cmap = "tab20" if len(names) <= 20 else "turbo"
+    for i, name in enumerate(names):
+        rows = speakers == name
+        # One colour per speaker: the colour-map value i sits in the middle of the i-th of len(names) bins.
+        colour = np.full(np.count_nonzero(rows), i)
+        ax.scatter(*coords[rows].T, c=colour, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, s=14, label=name)
+    ax.set_xlabel(f"principal axis 1 ({100 * share[0]:.0f} % of variance)")
+    ax.set_ylabel(f"principal axis 2 ({100 * share[1]:.0f} % of variance)")
+    ax.set_title(title)
+    ax.legend(fontsize="small", ncol=-(-len(names) // 20), loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return ax
+
+
+__all__ = [
+    "DET_LIMITS",
+    "DET_TICKS",
+    "moving_average",
+    "pca_2d",
+    "plot_curves",
+    "plot_det",
+    "plot_embeddings_2d",
+    "plot_score_histogram",
+    "probit",
+]

@@ -1,26 +1,38 @@
 """The notebooks run top to bottom and are committed clean; the plot helpers they use draw the right numbers.
 
 Each notebook is executed with nbclient in the ``python3`` kernel (jupyter_client starts it with this
-interpreter, i.e. the venv's), in a temporary working directory, with a time limit per cell; a cell that
-raises fails the test with its traceback.
+interpreter, i.e. the venv's, and the test's environment), in a temporary working directory, with a time
+limit per cell; a cell that raises fails the test with its traceback.
 """
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 
-from ecapa_jax.plotting import DET_LIMITS, moving_average, plot_curves, plot_det, plot_score_histogram
+from ecapa_jax.plotting import (
+    DET_LIMITS,
+    moving_average,
+    pca_2d,
+    plot_curves,
+    plot_det,
+    plot_embeddings_2d,
+    plot_score_histogram,
+)
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CELL_TIMEOUT_S = 300
 # What each notebook imports beyond the package; the PyTorch oracles are optional in the test environment.
 NEEDS = {
     "01_quickstart.ipynb": ("nbclient", "matplotlib", "torch", "torchaudio", "wespeaker"),
+    "02_train_demo.ipynb": ("nbclient", "matplotlib"),
     "03_pooling.ipynb": ("nbclient", "matplotlib"),
 }
+# Environment of the kernel: 02 trains the demo preset for this many epochs instead of its 12 (4–6 min).
+ENV = {"02_train_demo.ipynb": {"ECAPA_NB_EPOCHS": "3"}}
 
 
 def test_every_notebook_is_listed():
@@ -36,12 +48,15 @@ def test_committed_without_outputs(name):
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS))
-def test_notebook_runs(name, tmp_path):
+def test_notebook_runs(name, tmp_path, monkeypatch):
     missing = [m for m in NEEDS[name] if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"{name} needs {', '.join(missing)}, which is not installed")
     import nbclient
     import nbformat
+
+    for key, value in ENV.get(name, {}).items():
+        monkeypatch.setenv(key, value)  # before the kernel starts: it inherits this process's environment
 
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(
@@ -50,6 +65,9 @@ def test_notebook_runs(name, tmp_path):
     client.execute()  # raises CellExecutionError, naming the cell, if any cell raises
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
+    if name == "02_train_demo.ipynb":  # the kernel saw the short run: the run's own config records it
+        config = json.loads((tmp_path / "runs" / "demo_nb" / "config.json").read_text())
+        assert config["num_epochs"] == int(ENV[name]["ECAPA_NB_EPOCHS"]), config["num_epochs"]
 
 
 # ----------------------------------------------------------------------------- ecapa_jax.plotting
@@ -116,3 +134,56 @@ def test_plot_curves_draws_smoothed_lines(axes):
     np.testing.assert_allclose(axes.get_lines()[0].get_ydata(), [1.0, 2.0, 4.0], rtol=1e-12)
     np.testing.assert_allclose(axes.get_lines()[1].get_ydata(), [2.0, 2.0, 5.0], rtol=1e-12)
     assert axes.get_ylabel() == "loss (mean of last 2)" and axes.get_xlabel() == "step"
+
+
+def test_plot_curves_takes_shared_steps(axes):
+    plot_curves(axes, {"loss": [3.0, 2.0, 1.0]}, title="t", xlabel="step", ylabel="loss", x=[9, 19, 29])
+    np.testing.assert_allclose(axes.get_lines()[0].get_xdata(), [9, 19, 29], rtol=0)
+    np.testing.assert_allclose(axes.get_lines()[0].get_ydata(), [3.0, 2.0, 1.0], rtol=0)
+    with pytest.raises(ValueError, match="has 3 values but x has 2"):
+        plot_curves(axes, {"loss": [3.0, 2.0, 1.0]}, title="t", xlabel="step", ylabel="loss", x=[9, 19])
+
+
+# Points on a known plane in R⁴: coordinates (a, b) on orthonormal axes E1, E2 around an offset. The (a, b) are
+# centred and uncorrelated with variances 4.5 > 0.5, so the principal axes are ±E1, ±E2. E1's largest entry
+# (0.8) is positive, E2's (−0.8) negative: the sign convention keeps a and flips b.
+PLANE_AB = np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+E1, E2 = np.array([0.6, 0.8, 0.0, 0.0]), np.array([0.0, 0.0, -0.8, 0.6])
+PLANE = np.array([10.0, -2.0, 5.0, 1.0]) + PLANE_AB[:, :1] * E1 + PLANE_AB[:, 1:] * E2  # (4, 4)
+
+
+def test_pca_2d_recovers_the_coordinates_on_a_known_plane():
+    coords = pca_2d(PLANE)
+    np.testing.assert_allclose(coords, PLANE_AB * [1.0, -1.0], rtol=0, atol=1e-12)
+    # All the variance lies in the plane: 4.5 on the first axis, 0.5 on the second, 5.0 in all.
+    np.testing.assert_allclose(coords.var(axis=0), [4.5, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(PLANE.var(axis=0).sum(), 5.0, rtol=1e-12)
+
+
+def test_pca_2d_rejects_bad_points():
+    with pytest.raises(ValueError, match=r"N >= 2 and D >= 2, got shape \(4,\)"):
+        pca_2d(np.ones(4))
+    with pytest.raises(ValueError, match=r"got shape \(1, 4\)"):
+        pca_2d(np.ones((1, 4)))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        pca_2d(np.where(np.eye(4) > 0, np.nan, PLANE))
+
+
+def test_plot_embeddings_2d_draws_each_speaker_at_its_coordinates(axes):
+    speakers = ["spk_b", "spk_a", "spk_b", "spk_c"]  # rows 0 and 2 are one speaker
+    plot_embeddings_2d(axes, PLANE, speakers, title="t")
+    want = PLANE_AB * [1.0, -1.0]  # as in the test above
+    rows = {"spk_a": [1], "spk_b": [0, 2], "spk_c": [3]}
+    collections = axes.collections
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == sorted(rows)
+    for collection, name in zip(collections, sorted(rows), strict=True):
+        np.testing.assert_allclose(collection.get_offsets(), want[rows[name]], rtol=0, atol=1e-12)
+    axes.figure.canvas.draw()  # maps the colour-map values to colours
+    colours = {tuple(np.round(c.get_facecolor()[0], 6)) for c in collections}
+    assert len(colours) == 3, colours  # one colour per speaker
+    # Shares of the variance 5.0: 4.5 → 90 %, 0.5 → 10 %.
+    assert axes.get_xlabel() == "principal axis 1 (90 % of variance)", axes.get_xlabel()
+    assert axes.get_ylabel() == "principal axis 2 (10 % of variance)", axes.get_ylabel()
+    assert axes.get_title() == "t"
+    with pytest.raises(ValueError, match="speakers must name each of the 4 embeddings"):
+        plot_embeddings_2d(axes, PLANE, speakers[:3], title="t")
