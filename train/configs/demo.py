@@ -6,8 +6,8 @@ kept; the model is narrower (C = 128, a 384-channel MFA conv instead of 1536), t
 perturbation or noise: there is nothing to gain on synthetic voices). The held-out EER is measured
 on 20 unseen speakers, whole utterances, cosine scoring.
 
-Measured on a shared 2-core CPU machine (load ≈ 6): 372 steps in 5.6 min wall, held-out EER
-23.3% at initialisation → 7.2% (step 124) → 5.2% (248) → 6.0% (372, final).
+Measured on the 2-core CPU machine, otherwise idle: 372 steps in 3.2 min (4.9 min for `make demo` with
+set-up), held-out EER 23.3% at initialisation → 7.9% (step 124) → 5.5% (248) → 6.2% (372, final).
 """
 
 from ecapa_jax.model import EcapaConfig
