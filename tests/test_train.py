@@ -270,6 +270,13 @@ def test_tools_errors(tmp_path, capsys):
     assert "is not a training run directory: no checkpoints/" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="not a training run directory: no config.json"):
         tools.read_run_config(tmp_path)
+    with pytest.raises(ValueError, match="needs a run on the demo corpus .* data.data_type='shard'"):
+        tools.write_demo_eval(load_config(PRESET), tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("not ours")
+    assert tools.main(["demo-data", str(tmp_path / "out")]) == 1  # the demo preset, into a non-empty dir
+    assert "out exists and is not empty (--overwrite to write into it)" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]  # nothing written, nothing lost
 
 
 # ----------------------------------------------------------------------------- configuration

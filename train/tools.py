@@ -110,7 +110,10 @@ def write_demo_eval(config: TrainConfig, out: str | Path, overwrite: bool = Fals
       FileExistsError: ``out`` exists and is not empty (unless ``overwrite``).
     """
     if config.data.data_type != "demo" or config.data.demo_held_out < 2:
-        raise ValueError("the run does not train on the demo corpus with ≥ 2 held-out speakers")
+        raise ValueError(
+            "demo-data needs a run on the demo corpus with >= 2 held-out speakers; this one has "
+            f"data.data_type={config.data.data_type!r}, data.demo_held_out={config.data.demo_held_out}"
+        )
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (--overwrite to write into it)")
