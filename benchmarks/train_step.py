@@ -133,37 +133,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     peak = max(common.gemm_rate(args.repeats).values())
     # Forward + backward ≈ 3 forward passes of the model and of the head's (E, classes) matmul.
     flops = 3 * 2 * args.batch * (model_macs(config, args.frames) + config.embed_dim * args.classes)
-    report = functools.partial(common.report, flops=flops, peak=peak)
-    ratios = {}
-    timings = common.interleaved(
-        {"ecapa_jax": lambda: ours(host_batch), "wespeaker": lambda: theirs(feats_t, labels_t)},
-        args.repeats,
-        args.warmup,
-    )
-    ratios["features outside"] = report(
-        "train step; WeSpeaker's features computed outside the step",
-        timings,
-        args.batch,
-        "samples/s",
-        "ecapa_jax",
-        "wespeaker",
-    )
-    timings = common.interleaved(
-        {
-            "ecapa_jax": lambda: ours(host_batch),
-            "wespeaker+fbank": lambda: theirs(torch_features(torch, kaldi, wavs), labels_t),
-        },
-        args.repeats,
-        args.warmup,
-    )
-    ratios["fbank inside"] = report(
-        "train step; WeSpeaker's fbank + CMN inside the step",
-        timings,
-        args.batch,
-        "samples/s",
-        "ecapa_jax",
-        "wespeaker+fbank",
-    )
+
+    def compare(title: str, name: str, theirs_fn) -> float:
+        """Our step against one WeSpeaker variant, interleaved; prints both and returns the ratio."""
+        fns = {"ecapa_jax": lambda: ours(host_batch), name: theirs_fn}
+        timings = common.interleaved(fns, args.repeats, args.warmup)
+        return common.report(title, timings, args.batch, "samples/s", "ecapa_jax", name, flops=flops, peak=peak)
+
+    ratios = {
+        "features outside": compare(
+            "train step; WeSpeaker's features computed outside the step", "wespeaker", lambda: theirs(feats_t, labels_t)
+        ),
+        "fbank inside": compare(
+            "train step; WeSpeaker's fbank + CMN inside the step",
+            "wespeaker+fbank",
+            lambda: theirs(torch_features(torch, kaldi, wavs), labels_t),
+        ),
+    }
     if args.compile:
         torch.manual_seed(0)
         try:
@@ -174,18 +160,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         except Exception as e:  # noqa: BLE001 - report any compiler failure and keep the other results
             print(f"\ntorch.compile: does not work here: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
         else:
-            timings = common.interleaved(
-                {"ecapa_jax": lambda: ours(host_batch), "wespeaker.compile": lambda: compiled(feats_t, labels_t)},
-                args.repeats,
-                args.warmup,
-            )
-            ratios["torch.compile"] = report(
+            ratios["torch.compile"] = compare(
                 "train step; WeSpeaker's model under torch.compile, features outside",
-                timings,
-                args.batch,
-                "samples/s",
-                "ecapa_jax",
                 "wespeaker.compile",
+                lambda: compiled(feats_t, labels_t),
             )
     return ratios
 
