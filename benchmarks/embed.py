@@ -30,10 +30,11 @@ import numpy as np
 from benchmarks import common
 from benchmarks.flops import model_macs
 from ecapa_jax.encoder import embed_waveforms
-from ecapa_jax.features import wespeaker_features
-from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
+from ecapa_jax.frontend.kaldi import KaldiFrontEnd, wespeaker_features
+from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
 
 SAMPLE_RATE = 16000
+FRONT_END = KaldiFrontEnd()  # WeSpeaker's inference front-end: 16 kHz, 80 bins, dither 0
 
 
 def wespeaker_model(ecapa, config: EcapaConfig):
@@ -84,7 +85,7 @@ def run_case(
             return theirs(x)[-1]
 
     ref = run_theirs(torch_features(torch, kaldi, wavs)).numpy()
-    ours = np.asarray(embed_waveforms(variables, wavs, lengths, config))
+    ours = np.asarray(embed_waveforms(variables, wavs, lengths, config, FRONT_END))
     err = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
     name = f"{batch}x{seconds:g}s"
     print(
@@ -106,7 +107,7 @@ def run_case(
     wav_j = jnp.asarray(wavs)
     timings = common.interleaved(
         {
-            "ecapa_jax": lambda: embed_waveforms(variables, wav_j, lengths, config).block_until_ready(),
+            "ecapa_jax": lambda: embed_waveforms(variables, wav_j, lengths, config, FRONT_END).block_until_ready(),
             "wespeaker": lambda: run_theirs(torch_features(torch, kaldi, wavs)),
         },
         args.repeats,

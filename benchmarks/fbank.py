@@ -4,7 +4,7 @@
 
 All three compute WeSpeaker's features (80 bins, 25/10 ms, hamming, dither 0, waveform × 32768)
 followed by mean-only CMN, for a batch of equal-length utterances. Ours is
-`ecapa_jax.features.wespeaker_features`, one jitted program for the batch; torchaudio's
+`ecapa_jax.frontend.kaldi.wespeaker_features`, one jitted program for the batch; torchaudio's
 ``compliance.kaldi.fbank`` (what WeSpeaker calls) and kaldi-native-fbank's ``OnlineFbank`` take
 one utterance at a time, so they loop over the batch. The script checks the features agree first.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.embed import SAMPLE_RATE, torch_features
-from ecapa_jax.features import wespeaker_features
+from ecapa_jax.frontend.kaldi import wespeaker_features
 
 
 def knf_features(knf, wavs: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
+from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
 
 
 def analytic_macs(params: dict, frames: int) -> int:

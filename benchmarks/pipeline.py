@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from benchmarks import common
 from benchmarks.train_step import CLASSES, ours_step
-from ecapa_jax.model import EcapaConfig
+from ecapa_jax.models.ecapa import EcapaConfig
 from train.data import DataConfig, Loader, demo_corpus, make_source, measure_throughput
 from train.demo_corpus import write_dataset
 

@@ -30,12 +30,14 @@ import numpy as np
 from benchmarks import common
 from benchmarks.embed import torch_features, wespeaker_model
 from benchmarks.flops import model_macs
-from ecapa_jax.heads import ArcMarginHead
-from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
+from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd
+from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
+from ecapa_jax.training.heads import ArcMarginHead
 from train import step as train_step
 from train.data import chunk_samples
 
 CLASSES = 5994 * 3  # VoxCeleb2 dev speakers × speed perturbation
+TRAIN_FRONT_END = KaldiFrontEnd(FbankConfig.wespeaker(dither=1.0))  # the recipe trains with dither 1.0
 MARGIN, SCALE, LR = 0.2, 32.0, 0.1
 
 
@@ -47,7 +49,9 @@ def _jitted_step(config: EcapaConfig, classes: int):
     margin = lambda step: jnp.float32(MARGIN)  # noqa: E731
     tx = train_step.sgd(lr)
     mesh = train_step.data_mesh(jax.devices()[:1])
-    step = train_step.jit_train_step(train_step.make_train_step(model, head, tx, lr, margin, scale=SCALE), mesh)
+    step = train_step.jit_train_step(
+        train_step.make_train_step(model, head, tx, lr, margin, scale=SCALE, frontend=TRAIN_FRONT_END), mesh
+    )
     return model, head, tx, mesh, step
 
 
@@ -60,7 +64,9 @@ def ours_step(config: EcapaConfig, classes: int, samples: int) -> Callable[[dict
       samples: L, the waveform chunk length.
     """
     model, head, tx, mesh, step = _jitted_step(config, classes)
-    state = train_step.replicate(train_step.init_state(model, head, tx, jax.random.key(0), samples), mesh)
+    state = train_step.replicate(
+        train_step.init_state(model, head, tx, jax.random.key(0), samples, TRAIN_FRONT_END), mesh
+    )
     holder = {"state": state, "rng": jax.random.key(1)}
 
     def run(host_batch: dict) -> jax.Array:

@@ -1,29 +1,32 @@
-"""ecapa_jax: WeSpeaker's ECAPA-TDNN in JAX/Flax, channels-last, exact against the PyTorch code.
+"""ecapa_jax: speaker-embedding models in JAX/Flax, channels-last, exact against the PyTorch code.
 
-The public API at a glance (each module documents its own):
-  model      ECAPA_TDNN, EcapaConfig (presets c512, c1024, glob_c512, glob_c1024)
-  layers     BatchNorm, Conv1dReluBn, Res2Conv1dReluBn, SEConnect, SERes2Block
-  pooling    TAP, TSDP, TSTP, ASTP, MHASTP, MQMHASTP, SAP and their statistics
-  heads      margin heads (softmax, AAM, AM, A-softmax, sub-centre AAM, SphereFace2)
-  schedules  WeSpeaker's LR and margin schedules as functions of the step
-  features   Kaldi-exact fbank + CMN in jnp
-  audio      load_audio, resample
-  encoder    load(model_dir) -> Encoder
-  convert    WeSpeaker .pt <-> model directory (`python -m ecapa_jax.convert`)
-  score, metrics, kaldi_io   scoring back-end (`python -m ecapa_jax.score`, `python -m ecapa_jax.metrics`)
+The package follows the pipeline, front to back (each module documents its own):
+
+  frontend/   audio files → waveforms → features: load_audio, resample, Kaldi fbank + CMN (KaldiFrontEnd)
+  models/     features → embeddings: shared layers, the pooling family, ECAPA-TDNN (FAMILIES)
+  training/   embeddings → loss: margin heads, learning-rate and margin schedules
+  backend/    embeddings → scores → EER/minDCF, plots
+  io/         model directories and checkpoints, Kaldi tables, torch-free .pt files, converters
+  encoder.py  load(model_dir) → an Encoder that embeds waveforms, files or features
+  stats.py, config.py   the masks/statistics and the config helper everything above shares
+
+Command lines (one shape, one exit-code rule: ``ecapa_jax.cli``): ``python -m ecapa_jax.embed``,
+``ecapa_jax.score``, ``ecapa_jax.metrics``, ``ecapa_jax.convert``. Training is the ``train`` package.
 """
 
-from ecapa_jax.audio import AudioError, load_audio, resample
+from ecapa_jax.backend.metrics import compute_eer, compute_min_dcf, det_curve
+from ecapa_jax.backend.scoring import as_norm, cohort_stats, cosine_scores, score_trials
 from ecapa_jax.encoder import Encoder, load
-from ecapa_jax.features import FbankConfig, cmn, fbank, num_frames, wespeaker_features
-from ecapa_jax.heads import HEADS, HeadConfig, make_head, margin_loss
-from ecapa_jax.metrics import compute_eer, compute_min_dcf, det_curve
-from ecapa_jax.model import ECAPA_TDNN, PRESETS, EcapaConfig
-from ecapa_jax.schedules import exponential_decrease, margin_schedule
-from ecapa_jax.score import as_norm, cohort_stats, cosine_scores, score_trials
+from ecapa_jax.frontend.audio import AudioError, load_audio, resample
+from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd, cmn, fbank, num_frames, wespeaker_features
+from ecapa_jax.models import FAMILIES, build_model
+from ecapa_jax.models.ecapa import ECAPA_TDNN, PRESETS, EcapaConfig
+from ecapa_jax.training.heads import HEADS, HeadConfig, make_head, margin_loss
+from ecapa_jax.training.schedules import exponential_decrease, margin_schedule
 
 __all__ = [
     "ECAPA_TDNN",
+    "FAMILIES",
     "HEADS",
     "PRESETS",
     "AudioError",
@@ -31,7 +34,9 @@ __all__ = [
     "Encoder",
     "FbankConfig",
     "HeadConfig",
+    "KaldiFrontEnd",
     "as_norm",
+    "build_model",
     "cmn",
     "cohort_stats",
     "compute_eer",

@@ -10,8 +10,9 @@ Kaldi archive with its index beside it (``emb.ark`` + ``emb.scp``, as WeSpeaker'
 ``python -m ecapa_jax.score`` reads either.
 
 A file that cannot be used (unreadable, too short, ...) is reported on stderr with its reason and the
-others are still written. Exit status: 0, 1 when some file failed, 2 for usage errors (arguments,
-model directory, ``wav.scp``, duplicate ids) with nothing written.
+others are still written. Exit status (``ecapa_jax.cli``): 0, 1 when some file failed, 2 for usage and
+input errors (arguments, model directory, ``wav.scp``, duplicate ids, an output location that cannot be
+written), found before any embedding is computed, with nothing written.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ecapa_jax import kaldi_io
+from ecapa_jax.cli import EXIT_OK, EXIT_PARTIAL, command, error
 from ecapa_jax.encoder import load
+from ecapa_jax.io import kaldi_io
+from ecapa_jax.io.files import check_output_file
 
 FORMATS = {".npz": "npz", ".ark": "ark"}
 
@@ -35,10 +38,12 @@ def file_ids(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
     """``{file name without extension: path}`` in the given order.
 
     Raises:
-      ValueError: naming both files when two paths give the same id.
+      ValueError: naming both files when two paths give the same id, or a path that is a directory.
     """
     table: dict[str, str] = {}
     for path in map(os.fspath, paths):
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a directory, not an audio file (give the files, or a --wav-scp)")
         utt = Path(path).stem
         if utt in table:
             raise ValueError(f"duplicate utterance id {utt!r}: {table[utt]} and {path} (use --wav-scp to name them)")
@@ -59,12 +64,15 @@ def write_npz(path: str | os.PathLike, vectors: Mapping[str, np.ndarray]) -> Non
 
 
 def write_embeddings(path: str | os.PathLike, vectors: Mapping[str, np.ndarray], fmt: str) -> list[str]:
-    """Writes the embeddings as ``fmt`` ('npz', or 'ark' with a ``.scp`` beside it); returns the files written."""
+    """Writes the embeddings as ``fmt`` ('npz', or 'ark' with a ``.scp`` beside it); returns the files written.
+
+    The ``.scp`` names the archive by its absolute path, so it can be read from any directory.
+    """
     if fmt == "npz":
         write_npz(path, vectors)
         return [os.fspath(path)]
     scp = os.fspath(Path(path).with_suffix(".scp"))
-    kaldi_io.write_vectors(path, vectors, scp)
+    kaldi_io.write_vectors(os.path.abspath(path), vectors, scp)
     return [os.fspath(path), scp]
 
 
@@ -79,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -89,19 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     suffix = Path(args.out).suffix
     if suffix not in FORMATS or args.format not in (None, FORMATS[suffix]):
         parser.error(f"--out {args.out}: expected a .npz or .ark file matching --format ({args.format or 'any'})")
-    try:
-        table = kaldi_io.read_wav_scp(args.wav_scp) if args.wav_scp else file_ids(args.files)
-        encoder = load(args.model)
-    except (ValueError, OSError) as e:  # usage errors: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_output_file(args.out)
+    if suffix == ".ark":
+        check_output_file(Path(args.out).with_suffix(".scp"))
+    table = kaldi_io.read_wav_scp(args.wav_scp) if args.wav_scp else file_ids(args.files)
+    encoder = load(args.model)
 
     embeddings, failures = encoder.embed_files(table, args.batch_size, progress=True)
     for utt, reason in failures.items():
-        print(f"error: {utt}: {reason}", file=sys.stderr)
+        error(f"{utt}: {reason}")
     written = write_embeddings(args.out, embeddings, FORMATS[suffix])
     print(f"{len(embeddings)} embeddings -> {', '.join(written)}; {len(failures)} of {len(table)} files failed")
-    return 1 if failures else 0
+    return EXIT_PARTIAL if failures else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """A ready-to-use speaker encoder: a model directory loaded; waveforms, files or features in, embeddings out.
 
+This is the one padded-batch embedding path: the command line (``python -m ecapa_jax.embed``) and the
+trainer's held-out evaluation both embed through ``Encoder``.
+
 Shape letters: B batch, N samples, T frames, F mel bins, E embedding size.
 
     enc = ecapa_jax.load("voxceleb_ECAPA512")            # written by `python -m ecapa_jax.convert`
@@ -9,9 +12,10 @@ Shape letters: B batch, N samples, T frames, F mel bins, E embedding size.
     score = enc.similarity(table["a.wav"], table["b.flac"])
     emb = enc.embed_features(feats)                      # (T, F) or (B, T, F) → (B, E)
 
-The waveform front-end is WeSpeaker's at inference (``wespeaker/cli/speaker.py``, ``bin/extract.py`` on
-the test sets): resample to 16 kHz, fbank of waveform × 32768 (80 bins, 25/10 ms, hamming, dither 0), mean-only
-CMN, the model on the whole utterance (no chunking), all in one ``jit`` per padded shape.
+The waveform front-end is the one the model directory records (``ecapa_jax.frontend``); for WeSpeaker's
+models that is its inference front-end (``wespeaker/cli/speaker.py``, ``bin/extract.py`` on the test sets):
+resample to 16 kHz, fbank of waveform × 32768 (80 bins, 25/10 ms, hamming, dither 0), mean-only CMN. The
+model runs on the whole utterance (no chunking); front-end and model run in one ``jit`` per padded shape.
 
 Batches of utterances of different lengths are padded to a bucket shape (see :class:`Buckets`); the valid
 lengths go to the front-end and the frame mask to the model, so padding does not change any embedding, and
@@ -33,14 +37,12 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from ecapa_jax.audio import AudioError, load_audio, resample
-from ecapa_jax.checkpoint import load_model_dir
-from ecapa_jax.features import FbankConfig, num_frames, wespeaker_features
-from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
-from ecapa_jax.score import cosine_scores
-
-SAMPLE_RATE = 16000  # WeSpeaker's resample_rate: its models are trained and run on 16 kHz audio
-FRONT_END = FbankConfig.wespeaker(SAMPLE_RATE)  # what wespeaker_features computes at inference (dither 0)
+from ecapa_jax.backend.scoring import cosine_scores
+from ecapa_jax.frontend.audio import AudioError, load_audio, resample
+from ecapa_jax.frontend.kaldi import KaldiFrontEnd
+from ecapa_jax.io.checkpoint import load_model_dir
+from ecapa_jax.models import build_model
+from ecapa_jax.stats import lengths_to_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +53,13 @@ class Buckets:
 
         T_k = round(min_frames · ratio^k) ≥ T,   k = 0, 1, 2, ...
 
-    frames, i.e. to N_k = W + S·T_k − 1 samples (W = 400, S = 160 at 16 kHz), the most samples that
-    still give T_k frames. With the defaults (1 s, ratio √2) padding adds less than 42 % of frames past
-    the first bucket, and every length from 1 s to 10 minutes falls in one of 20 buckets. Batch sizes are
-    bucketed too: n rows are padded to the smallest power of two ≥ n, capped at the batch size. A corpus
-    therefore compiles at most (length buckets) × (⌊log₂ batch_size⌋ + 2) programs, and in practice about
-    one per length bucket, since ``plan_batches`` fills every batch but the last.
+    frames, i.e. to the most samples that still give T_k frames (``frontend.max_samples``; for Kaldi fbank
+    N_k = W + S·T_k − 1 with W = 400, S = 160 at 16 kHz). With the defaults (1 s, ratio √2) padding adds
+    less than 42 % of frames past the first bucket, and every length from 1 s to 10 minutes falls in one of
+    20 buckets. Batch sizes are bucketed too: n rows are padded to the smallest power of two ≥ n, capped at
+    the batch size. A corpus therefore compiles at most (length buckets) × (⌊log₂ batch_size⌋ + 2)
+    programs, and in practice about one per length bucket, since ``plan_batches`` fills every batch but the
+    last.
 
     Attributes:
       min_frames: T_0, the smallest bucket, in frames (100 frames = 1 s).
@@ -77,9 +80,9 @@ class Buckets:
             k += 1
         return round(self.min_frames * self.ratio**k)
 
-    def shape(self, longest: int, rows: int, batch_size: int) -> tuple[int, int]:
-        """(B, N) of the padded batch for ``rows`` waveforms of at most ``longest`` samples (16 kHz)."""
-        samples = FRONT_END.window_size + FRONT_END.window_shift * self.frames(num_frames(longest, FRONT_END)) - 1
+    def shape(self, longest: int, rows: int, batch_size: int, frontend: Any) -> tuple[int, int]:
+        """(B, N) of the padded batch for ``rows`` waveforms of at most ``longest`` samples, for ``frontend``."""
+        samples = frontend.max_samples(self.frames(frontend.num_frames(longest)))
         return min(1 << (rows - 1).bit_length(), batch_size), samples
 
 
@@ -101,18 +104,20 @@ def plan_batches(lengths: Sequence[float], batch_size: int) -> list[np.ndarray]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Encoder:
-    """An ``ECAPA_TDNN`` with its variables, in eval mode.
+    """A speaker model with its variables and front-end, in eval mode.
 
     Attributes:
-      config: the architecture.
-      variables: ``{'params', 'batch_stats'}``, placed on the default device once.
+      config: the model family's config (``ecapa_jax.models``), e.g. an ``EcapaConfig``.
+      variables: the model's ``{'params', 'batch_stats'}``, placed on the default device once.
+      frontend: what turns waveforms into the model's features (default: WeSpeaker's, 16 kHz, 80 bins).
       projection: the training head's variables kept from the checkpoint, or None.
       metadata: what the model directory records (source file, ...).
       buckets: the padded shapes of waveform batches.
     """
 
-    config: EcapaConfig
+    config: Any
     variables: Mapping[str, Any]
+    frontend: Any = KaldiFrontEnd()
     projection: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     buckets: Buckets = Buckets()
@@ -120,9 +125,14 @@ class Encoder:
     def __post_init__(self):
         object.__setattr__(self, "variables", jax.device_put(self.variables))  # not once per call
 
+    @property
+    def sample_rate(self) -> int:
+        """Hz of the audio the front-end takes; other rates are resampled to it."""
+        return self.frontend.sample_rate
+
     @functools.cached_property
-    def module(self) -> ECAPA_TDNN:
-        return ECAPA_TDNN(self.config)
+    def module(self):
+        return build_model(self.config)
 
     @functools.cached_property
     def _embed(self):
@@ -158,15 +168,16 @@ class Encoder:
                 raise ValueError(f"lengths must be {batch} integers (one per row), got {lengths.dtype} {lengths.shape}")
             if lengths.min() < 1 or lengths.max() > frames:
                 raise ValueError(f"lengths must lie in [1, {frames}] (the padded T), got {lengths.tolist()}")
-            mask = jnp.arange(frames)[None, :] < jnp.asarray(lengths)[:, None]  # (B, T)
+            mask = lengths_to_mask(lengths, frames)  # (B, T)
         return np.asarray(self._embed(self.variables, feats, mask))
 
-    def embed(self, waveform: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    def embed(self, waveform: Any, sample_rate: int | None = None) -> np.ndarray:
         """The speaker embedding of one utterance, whole (WeSpeaker's inference front-end, see the module).
 
         Args:
           waveform: (N,) float samples in [−1, 1] (``audio.load_audio``'s scale), mono.
-          sample_rate: of the waveform in Hz; other rates than 16 kHz are resampled with ``audio.resample``.
+          sample_rate: of the waveform in Hz (default: the front-end's); other rates are resampled with
+            ``audio.resample``.
 
         Returns:
           (E,) float32 embedding (not length-normalised).
@@ -176,7 +187,7 @@ class Encoder:
         """
         return self.embed_batch([waveform], sample_rate, batch_size=1)[0]
 
-    def embed_batch(self, waveforms: Sequence[Any], sample_rate: int = SAMPLE_RATE, batch_size: int = 16) -> np.ndarray:
+    def embed_batch(self, waveforms: Sequence[Any], sample_rate: int | None = None, batch_size: int = 16) -> np.ndarray:
         """Speaker embeddings of utterances of any lengths, each equal to that of the utterance alone.
 
         The utterances are sorted by length and run ``batch_size`` at a time, each batch padded to a
@@ -184,20 +195,21 @@ class Encoder:
 
         Args:
           waveforms: U (N_u,) float waveforms in [−1, 1], mono, all at ``sample_rate``.
-          sample_rate: in Hz; resampled to 16 kHz with ``audio.resample`` when different.
+          sample_rate: in Hz (default: the front-end's); resampled with ``audio.resample`` when different.
           batch_size: the most utterances per device batch.
 
         Returns:
           (U, E) float32 embeddings, in the order of ``waveforms``.
 
         Raises:
-          ValueError: a model whose features are not WeSpeaker's 80 mel bins; a waveform that is not 1-D
-            float, has NaN/inf samples, or is shorter than one 25 ms frame at 16 kHz (naming its index).
+          ValueError: a model whose feature size is not the front-end's; a waveform that is not 1-D float,
+            has NaN/inf samples, or is shorter than one frame (naming its index).
         """
         self._check_front_end()
+        sample_rate = self.sample_rate if sample_rate is None else sample_rate
         if not sample_rate > 0:
             raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
-        waves = [_prepare(w, sample_rate, f"waveform {i}") for i, w in enumerate(waveforms)]
+        waves = [self._prepare(w, sample_rate, f"waveform {i}") for i, w in enumerate(waveforms)]
         out = np.empty((len(waves), self.config.embed_dim), np.float32)
         for batch in plan_batches([len(w) for w in waves], batch_size):
             out[batch] = self._embed_padded([waves[i] for i in batch], batch_size)
@@ -211,8 +223,8 @@ class Encoder:
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Speaker embeddings of audio files; a file that cannot be used is reported, not raised.
 
-        Files are read with ``audio.load_audio`` (channels averaged, resampled to 16 kHz), a batch at a
-        time, in order of their durations from the file headers so that batches hold similar lengths.
+        Files are read with ``audio.load_audio`` (channels averaged, resampled to the front-end's rate), a
+        batch at a time, in order of their durations from the file headers so that batches hold similar lengths.
 
         Args:
           paths: ``{utterance id: path}`` (a ``wav.scp``), or paths, which are then their own ids.
@@ -224,7 +236,7 @@ class Encoder:
           ``{id: reason}`` (the reason names the file) for those that did not, both in input order.
 
         Raises:
-          ValueError: a model whose features are not WeSpeaker's 80 mel bins.
+          ValueError: a model whose feature size is not the front-end's.
           TypeError: a single path instead of a collection of them.
         """
         self._check_front_end()
@@ -238,7 +250,7 @@ class Encoder:
                 loaded = {}
                 for i in batch:
                     try:
-                        loaded[ids[i]] = load_audio(table[ids[i]], SAMPLE_RATE)
+                        loaded[ids[i]] = load_audio(table[ids[i]], self.sample_rate, self.frontend.min_samples)
                     except AudioError as e:
                         failures[ids[i]] = str(e)
                 if loaded:
@@ -276,57 +288,58 @@ class Encoder:
         return float(cos[0]) if a.ndim == 1 else cos
 
     def _check_front_end(self) -> None:
-        if self.config.feat_dim != FRONT_END.num_mel_bins:
+        if self.config.feat_dim != self.frontend.feature_dim:
             raise ValueError(
-                f"the waveform front-end gives WeSpeaker's {FRONT_END.num_mel_bins} mel bins, but this model takes "
-                f"feat_dim={self.config.feat_dim} features: compute them yourself and call embed_features"
+                f"the waveform front-end gives {self.frontend.feature_dim} features per frame, but this model takes "
+                f"feat_dim={self.config.feat_dim}: compute them yourself and call embed_features"
             )
 
+    def _prepare(self, waveform: Any, sample_rate: float, name: str) -> np.ndarray:
+        """A checked (N,) float32 waveform at the front-end's rate."""
+        x = np.asarray(waveform)
+        if x.ndim != 1:
+            raise ValueError(f"{name}: expected a 1-D mono waveform, got shape {x.shape} (average the channels first)")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"{name}: expected float samples in [-1, 1], got {x.dtype} (scale int16 PCM by 1 / 32768)")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{name}: {np.count_nonzero(~np.isfinite(x))} sample(s) are NaN or infinite")
+        x = resample(x, sample_rate, self.sample_rate)
+        if x.shape[0] < self.frontend.min_samples:
+            raise ValueError(
+                f"{name}: too short, {x.shape[0]} samples at {self.sample_rate} Hz (from {len(waveform)} at "
+                f"{sample_rate:g} Hz); one frame needs {self.frontend.min_samples}"
+            )
+        return x
+
     def _embed_padded(self, waves: list[np.ndarray], batch_size: int) -> np.ndarray:
-        """(n, E) embeddings of n ≤ batch_size 16 kHz waveforms, run as one batch of a bucket shape."""
-        rows, samples = self.buckets.shape(max(len(w) for w in waves), len(waves), batch_size)
+        """(n, E) embeddings of n ≤ batch_size waveforms at the front-end's rate, run as one batch of a bucket shape."""
+        rows, samples = self.buckets.shape(max(len(w) for w in waves), len(waves), batch_size, self.frontend)
         batch = np.zeros((rows, samples), np.float32)  # (B, N); spare rows stay silent and are dropped
         lengths = np.full(rows, samples, np.int32)  # (B,)
         for b, w in enumerate(waves):
             batch[b, : len(w)] = w
             lengths[b] = len(w)
-        return np.asarray(embed_waveforms(self.variables, batch, lengths, self.config))[: len(waves)]
+        embeddings = embed_waveforms(self.variables, batch, lengths, self.config, self.frontend)
+        return np.asarray(embeddings)[: len(waves)]
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def embed_waveforms(variables: Mapping[str, Any], waveforms: jax.Array, lengths: jax.Array, config: EcapaConfig):
-    """WeSpeaker's inference front-end and the model in one program, compiled once per (B, N) and config.
+@functools.partial(jax.jit, static_argnames=("config", "frontend"))
+def embed_waveforms(variables: Mapping[str, Any], waveforms: jax.Array, lengths: jax.Array, config, frontend):
+    """The front-end and the model in one program, compiled once per (B, N), config and front-end.
 
     Args:
       variables: the model's ``{'params', 'batch_stats'}``.
-      waveforms: (B, N) float waveforms in [−1, 1] at 16 kHz, zero-padded.
-      lengths: (B,) valid samples per row, each in [400, N].
-      config: the architecture (static: encoders of one config share the compiled programs).
+      waveforms: (B, N) float waveforms in [−1, 1] at the front-end's rate, zero-padded.
+      lengths: (B,) valid samples per row, each in [frontend.min_samples, N].
+      config: the model family's config (static: encoders of one config share the compiled programs).
+      frontend: the front-end (static).
 
     Returns:
       (B, E) float32 embeddings, each that of its row's first ``lengths[b]`` samples alone.
     """
-    feats, valid = wespeaker_features(waveforms, lengths)  # (B, T, 80), (B,)
-    mask = jnp.arange(feats.shape[1])[None, :] < valid[:, None]  # (B, T)
-    return ECAPA_TDNN(config).apply(variables, feats, train=False, mask=mask)[0]
-
-
-def _prepare(waveform: Any, sample_rate: float, name: str) -> np.ndarray:
-    """A checked (N,) float32 waveform at 16 kHz."""
-    x = np.asarray(waveform)
-    if x.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D mono waveform, got shape {x.shape} (average the channels first)")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{name}: expected float samples in [-1, 1], got {x.dtype} (scale int16 PCM by 1 / 32768)")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name}: {np.count_nonzero(~np.isfinite(x))} sample(s) are NaN or infinite")
-    x = resample(x, sample_rate, SAMPLE_RATE)
-    if x.shape[0] < FRONT_END.window_size:
-        raise ValueError(
-            f"{name}: too short, {x.shape[0]} samples at {SAMPLE_RATE} Hz (from {len(waveform)} at {sample_rate:g} "
-            f"Hz); one 25 ms frame needs {FRONT_END.window_size}"
-        )
-    return x
+    feats, valid = frontend(waveforms, lengths)  # (B, T, F), (B,)
+    mask = lengths_to_mask(valid, feats.shape[1])  # (B, T)
+    return build_model(config).apply(variables, feats, train=False, mask=mask)[0]
 
 
 def _duration(path: str | os.PathLike) -> float:
@@ -339,9 +352,9 @@ def _duration(path: str | os.PathLike) -> float:
 
 
 def load(path: str | os.PathLike) -> Encoder:
-    """The encoder saved in the model directory ``path`` (see ``ecapa_jax.checkpoint.load_model_dir``)."""
-    config, variables, projection, metadata = load_model_dir(path)
-    return Encoder(config, variables, projection, metadata)
+    """The encoder saved in the model directory ``path`` (see ``ecapa_jax.io.checkpoint.load_model_dir``)."""
+    model = load_model_dir(path)
+    return Encoder(model.config, model.model_variables, model.frontend, model.projection, model.metadata)
 
 
-__all__ = ["Buckets", "Encoder", "SAMPLE_RATE", "embed_waveforms", "load", "plan_batches"]
+__all__ = ["Buckets", "Encoder", "embed_waveforms", "load", "plan_batches"]

@@ -7,7 +7,7 @@ import oracles
 import pytest
 import soundfile as sf
 
-from ecapa_jax.audio import MIN_SAMPLES, AudioError, load_audio, resample
+from ecapa_jax.frontend.audio import MIN_SAMPLES, AudioError, load_audio, resample
 
 
 def _tone(freq, sr, n, amp=0.5):

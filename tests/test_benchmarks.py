@@ -97,7 +97,7 @@ def test_full_size_macs_are_wespeakers_figure():
     import jax
     import jax.numpy as jnp
 
-    from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
+    from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
 
     model = ECAPA_TDNN(EcapaConfig.glob_c512())
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 200, 80)))

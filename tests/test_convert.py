@@ -13,8 +13,10 @@ import numpy as np
 import oracles
 import pytest
 
-from ecapa_jax.checkpoint import load_model_dir
-from ecapa_jax.convert import (
+from ecapa_jax.convert import main
+from ecapa_jax.encoder import load
+from ecapa_jax.io.checkpoint import load_model_dir
+from ecapa_jax.io.convert.wespeaker import (
     dir_to_wespeaker,
     from_wespeaker,
     load_state_dict,
@@ -22,9 +24,7 @@ from ecapa_jax.convert import (
     wespeaker_keys,
     wespeaker_to_dir,
 )
-from ecapa_jax.convert.__main__ import main
-from ecapa_jax.encoder import load
-from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
+from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
 
 TINY = {"channels": 64, "feat_dim": 24, "embed_dim": 32}  # WeSpeaker's ECAPA_TDNN class, narrow and fast
 EMB_ATOL = 1e-4
@@ -343,9 +343,11 @@ def test_cli_converts_and_guards_the_destination(tmp_path, tiny_checkpoint, caps
     other = random_wespeaker_model(seed=1, **TINY)
     torch.save(other.state_dict(), tmp_path / "other.pt")
     assert main(["wespeaker", str(tmp_path / "other.pt"), str(dst), "--overwrite"]) == 0
-    config, variables, projection, metadata = load_model_dir(dst)
-    assert not config.global_context_att and projection is None and metadata["source"].endswith("other.pt")
-    assert np.array_equal(variables["params"]["linear"]["bias"], other.linear.bias.detach().numpy())
+    converted = load_model_dir(dst)
+    assert not converted.config.global_context_att and converted.projection is None
+    assert converted.metadata["source"].endswith("other.pt")
+    linear_bias = converted.model_variables["params"]["linear"]["bias"]
+    assert np.array_equal(linear_bias, other.linear.bias.detach().numpy())
 
     not_a_model = tmp_path / "photos"
     not_a_model.mkdir()

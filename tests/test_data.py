@@ -11,7 +11,7 @@ import oracles
 import pytest
 import soundfile as sf
 
-from ecapa_jax.kaldi_io import KaldiIOError
+from ecapa_jax.io.kaldi_io import KaldiIOError
 from train import augment
 from train.data import (
     DataConfig,

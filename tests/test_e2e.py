@@ -13,9 +13,9 @@ import soundfile as sf
 from test_convert import random_wespeaker_model
 from test_embed import speech_like
 
-from ecapa_jax.audio import load_audio, resample
-from ecapa_jax.convert import wespeaker_to_dir
 from ecapa_jax.encoder import load
+from ecapa_jax.frontend.audio import load_audio, resample
+from ecapa_jax.io.convert.wespeaker import wespeaker_to_dir
 
 MIN_COSINE = 0.99999
 EMB_ATOL = 1e-5  # measured 1.0e-6 (16 kHz), 1.0e-6 (8 kHz), 1.5e-6 (44.1 kHz); |embedding| ≤ 0.5

@@ -9,11 +9,12 @@ import oracles
 import pytest
 from test_convert import TINY, assert_embeddings_close, features, random_wespeaker_model, torch_embed
 
-from ecapa_jax import checkpoint
-from ecapa_jax.checkpoint import load_model_dir, save_model_dir
-from ecapa_jax.convert import from_wespeaker, wespeaker_to_dir
 from ecapa_jax.encoder import load
-from ecapa_jax.model import ECAPA_TDNN
+from ecapa_jax.frontend.kaldi import KaldiFrontEnd
+from ecapa_jax.io import checkpoint
+from ecapa_jax.io.checkpoint import join_variables, load_model_dir, save_model_dir, split_variables
+from ecapa_jax.io.convert.wespeaker import from_wespeaker, wespeaker_to_dir
+from ecapa_jax.models.ecapa import ECAPA_TDNN
 
 F = TINY["feat_dim"]
 
@@ -111,7 +112,7 @@ def test_model_dir_errors_name_the_path(tmp_path, converted):
     with pytest.raises(FileNotFoundError, match=r"nowhere is not an ecapa_jax model directory: no such directory"):
         load_model_dir(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"empty is not an ecapa_jax model directory: no config\.json in it"):
+    with pytest.raises(FileNotFoundError, match=r"empty is not an ecapa_jax model directory: no config\.json of"):
         load_model_dir(tmp_path / "empty")
     (tmp_path / "model.pt").write_bytes(b"PK")
     with pytest.raises(FileNotFoundError, match=r"model\.pt is a file, not an ecapa_jax model directory; convert"):
@@ -119,13 +120,20 @@ def test_model_dir_errors_name_the_path(tmp_path, converted):
 
     broken = tmp_path / "broken"
     broken.mkdir()
-    for text, reason in [
-        ("{not json", "Expecting property name"),
-        (json.dumps({"format": "other", "format_version": 1}), "format 'other' version 1"),
-        (json.dumps({"format": checkpoint.FORMAT, "format_version": 1, "config": {"chanels": 8}}), "unknown Ecapa"),
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken/config\.json: not valid JSON \(Expecting property name"):
+        load_model_dir(broken)
+    (broken / "config.json").write_text(json.dumps({"format": "other", "format_version": 1}))
+    with pytest.raises(FileNotFoundError, match=r"broken is not an ecapa_jax model directory: no config\.json of"):
+        load_model_dir(broken)
+    for meta, reason in [
+        ({"format_version": 1, "config": {"chanels": 8}}, r"unknown EcapaConfig keys \['chanels'\]"),
+        ({"format_version": 3}, r"format version 3; this ecapa_jax reads versions 1 and 2"),
+        ({"format_version": 2, "model": {"family": "lstm"}, "frontend": {}}, r"model\.family must be one of"),
+        ({"format_version": 2, "model": {"family": "ecapa"}, "frontend": {"type": "x"}}, r"frontend\.type must be"),
     ]:
-        (broken / "config.json").write_text(text)
-        with pytest.raises(ValueError, match=rf"broken/config\.json is not a valid ecapa_jax model config .*{reason}"):
+        (broken / "config.json").write_text(json.dumps({"format": checkpoint.FORMAT, **meta}))
+        with pytest.raises(ValueError, match=rf"broken/config\.json is not a valid ecapa_jax model config: {reason}"):
             load_model_dir(broken)
 
     (broken / "config.json").write_text((converted[1] / "config.json").read_text())
@@ -135,8 +143,43 @@ def test_model_dir_errors_name_the_path(tmp_path, converted):
         load_model_dir(broken)
 
 
+def test_a_training_run_is_not_a_model_dir_but_points_to_one(tmp_path, converted):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": {}, "data": {}}))
+    with pytest.raises(FileNotFoundError, match=r"run is a training run directory, not a model directory; export"):
+        load_model_dir(run)
+    (run / "model").symlink_to(converted[1])
+    with pytest.raises(FileNotFoundError, match=r"run is a training run directory.*its exported model is .*run/model"):
+        load_model_dir(run)
+
+
+def test_version_1_model_dirs_are_still_read(tmp_path, converted):
+    """The layout before the shared variable layout: state {'variables', 'projection'}, config at the top."""
+    model = load_model_dir(converted[1])
+    old = tmp_path / "v1"
+    old.mkdir()
+    variables, projection = split_variables(model.variables)
+    checkpoint.save_pytree(old / "state", {"variables": variables, "projection": projection})
+    meta = {"format": checkpoint.FORMAT, "format_version": 1, "config": model.config.to_dict(), "metadata": {}}
+    (old / "config.json").write_text(json.dumps(meta))
+    again = load_model_dir(old)
+    assert again.config == model.config and again.frontend == KaldiFrontEnd()
+    assert jax.tree.all(jax.tree.map(np.array_equal, again.variables, model.variables))
+
+
+def test_variable_layout_round_trips(converted):
+    model = load_model_dir(converted[1])
+    variables, projection = split_variables(model.variables)
+    assert set(variables) == {"params", "batch_stats"} and set(projection) == {"params"}  # AAM: no head BN
+    assert jax.tree.all(jax.tree.map(np.array_equal, join_variables(variables, projection), model.variables))
+    no_head = join_variables(variables)
+    assert split_variables(no_head) == (variables, None) and set(no_head["params"]) == {"model"}
+
+
 def test_failed_save_leaves_the_destination_as_it_was(tmp_path, converted, monkeypatch):
-    config, variables, projection, _ = load_model_dir(converted[1])
+    model = load_model_dir(converted[1])
+    config, variables, frontend = model.config, model.variables, model.frontend
 
     def fail(path, tree):
         path.mkdir()
@@ -145,16 +188,16 @@ def test_failed_save_leaves_the_destination_as_it_was(tmp_path, converted, monke
 
     monkeypatch.setattr(checkpoint, "save_pytree", fail)
     with pytest.raises(OSError, match="disk full"):
-        save_model_dir(tmp_path / "new", config, variables)
+        save_model_dir(tmp_path / "new", config, variables, frontend)
     assert list(tmp_path.iterdir()) == []  # neither the destination nor a temporary directory
 
     monkeypatch.undo()
-    save_model_dir(tmp_path / "old", config, variables, projection, metadata={"note": "kept"})
+    save_model_dir(tmp_path / "old", config, variables, frontend, metadata={"note": "kept"})
     monkeypatch.setattr(checkpoint, "save_pytree", fail)
     with pytest.raises(OSError, match="disk full"):
-        save_model_dir(tmp_path / "old", config, variables, overwrite=True)
+        save_model_dir(tmp_path / "old", config, variables, frontend, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
-    assert load_model_dir(tmp_path / "old")[3] == {"note": "kept"}
+    assert load_model_dir(tmp_path / "old").metadata == {"note": "kept"}
 
     with pytest.raises(ValueError, match=r"metadata for .*old is not JSON-serialisable"):
-        save_model_dir(tmp_path / "old", config, variables, metadata={"when": object()}, overwrite=True)
+        save_model_dir(tmp_path / "old", config, variables, frontend, metadata={"when": object()}, overwrite=True)

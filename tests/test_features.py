@@ -14,8 +14,8 @@ import numpy as np
 import oracles
 import pytest
 
-from ecapa_jax import features
-from ecapa_jax.features import FbankConfig
+from ecapa_jax.frontend import kaldi as features
+from ecapa_jax.frontend.kaldi import FbankConfig
 
 LOG_TOL = 1e-3  # log-mel vs the float32 references
 BATCH_TOL = 1e-5  # a padded row vs the same row alone

@@ -9,8 +9,8 @@ import oracles
 import pytest
 from jax.test_util import check_grads
 
-from ecapa_jax import heads
-from ecapa_jax.schedules import margin_schedule
+from ecapa_jax.training import heads
+from ecapa_jax.training.schedules import margin_schedule
 
 B, E, N = 9, 16, 10
 ATOL = 1e-4  # logits, losses and (relative to max(1, |g|)) gradients
@@ -392,5 +392,5 @@ def test_bad_config_raises_clear_errors():
         heads.HeadConfig(num_classes=N, project_type="sphereface2", margin_type="X")
     with pytest.raises(ValueError, match="num_classes must be >= 1"):
         heads.HeadConfig(num_classes=0)
-    with pytest.raises(ValueError, match=r"unknown HeadConfig fields \['margin'\]"):
+    with pytest.raises(ValueError, match=r"unknown HeadConfig keys \['margin'\]"):
         heads.HeadConfig.from_dict({"num_classes": N, "margin": 0.2})

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from ecapa_jax.kaldi_io import KaldiIOError, read_ark, read_scp, read_wav_scp, write_vectors
+from ecapa_jax.io.kaldi_io import KaldiIOError, read_ark, read_scp, read_wav_scp, write_vectors
 
 
 def _fv(values):  # Kaldi binary float vector: "\0B" "FV " "\4" int32 dim float32[dim]

@@ -6,7 +6,7 @@ import numpy as np
 import oracles
 import pytest
 
-from ecapa_jax import layers
+from ecapa_jax.models import ecapa, layers
 
 TOL = 1e-5
 
@@ -29,11 +29,11 @@ def test_res2_cascade_matches_numpy():
         sp = f(i, chunks[i] if i == 0 else sp + chunks[i])
         outs.append(sp)
     ref = np.concatenate(outs + [chunks[3]], axis=-1)
-    ours = layers.res2_cascade(jnp.asarray(x), lambda i, h: jnp.tanh(h) * (i + 2), 4)
+    ours = ecapa.res2_cascade(jnp.asarray(x), lambda i, h: jnp.tanh(h) * (i + 2), 4)
     np.testing.assert_allclose(np.asarray(ours), ref, atol=TOL)
     # scale 1: the single branch applied to everything
     np.testing.assert_allclose(
-        np.asarray(layers.res2_cascade(jnp.asarray(x), lambda i, h: h * 3.0, 1)), x * 3.0, atol=1e-6
+        np.asarray(ecapa.res2_cascade(jnp.asarray(x), lambda i, h: h * 3.0, 1)), x * 3.0, atol=1e-6
     )
 
 
@@ -99,15 +99,15 @@ def _wespeaker_block(torch, name, *args, **kwargs):
 @pytest.mark.parametrize(
     "ours,theirs,args",
     [
-        (layers.Conv1dReluBn(48, 5), "Conv1dReluBn", dict(in_channels=32, out_channels=48, kernel_size=5, padding=2)),
+        (ecapa.Conv1dReluBn(48, 5), "Conv1dReluBn", dict(in_channels=32, out_channels=48, kernel_size=5, padding=2)),
         (
-            layers.Res2Conv1dReluBn(3, 2, 8),
+            ecapa.Res2Conv1dReluBn(3, 2, 8),
             "Res2Conv1dReluBn",
             dict(channels=32, kernel_size=3, padding=2, dilation=2, scale=8),
         ),
-        (layers.SEConnect(16), "SE_Connect", dict(channels=32, se_bottleneck_dim=16)),
+        (ecapa.SEConnect(16), "SE_Connect", dict(channels=32, se_bottleneck_dim=16)),
         (
-            layers.SERes2Block(3, 4, 8, 128),
+            ecapa.SERes2Block(3, 4, 8, 128),
             "SE_Res2Block",
             dict(channels=32, kernel_size=3, stride=1, padding=4, dilation=4, scale=8),
         ),
@@ -121,14 +121,14 @@ def test_blocks_match_wespeaker(ours, theirs, args):
     with torch.no_grad():
         y_ref = ref(_nct(torch, x)).numpy().transpose(0, 2, 1)
     variables = oracles.wespeaker_variables(ref)
-    kwargs = {} if isinstance(ours, layers.SEConnect) else {"train": False}
+    kwargs = {} if isinstance(ours, ecapa.SEConnect) else {"train": False}
     y = jax.jit(lambda v, x: ours.apply(v, x, **kwargs))(variables, x)
     np.testing.assert_allclose(np.asarray(y), y_ref, atol=TOL)
 
 
 def test_block_with_mask_equals_unpadded():
     """Padded frames never reach valid ones: dilated convs see zeros, SE averages valid frames."""
-    block = layers.SERes2Block(3, 3, 8, 16)
+    block = ecapa.SERes2Block(3, 3, 8, 16)
     x = _x(b=2, t=30)
     x[1, 12:] = 50.0
     mask = np.arange(30)[None, :] < np.array([[30], [12]])
@@ -140,4 +140,4 @@ def test_block_with_mask_equals_unpadded():
 
 def test_res2_rejects_indivisible_channels():
     with pytest.raises(ValueError, match="not divisible by scale 8"):
-        layers.Res2Conv1dReluBn().init(jax.random.key(0), _x(c=20), train=False)
+        ecapa.Res2Conv1dReluBn().init(jax.random.key(0), _x(c=20), train=False)

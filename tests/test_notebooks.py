@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from ecapa_jax.plotting import (
+from ecapa_jax.backend.plotting import (
     DET_LIMITS,
     moving_average,
     pca_2d,
@@ -70,7 +70,7 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
         assert config["num_epochs"] == int(ENV[name]["ECAPA_NB_EPOCHS"]), config["num_epochs"]
 
 
-# ----------------------------------------------------------------------------- ecapa_jax.plotting
+# ----------------------------------------------------------------------------- ecapa_jax.backend.plotting
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import oracles
 import pytest
 
-from ecapa_jax import pooling
+from ecapa_jax.models import pooling
 
 B, C, T = 3, 64, 50
 TOL = 1e-5

@@ -9,7 +9,7 @@ import numpy as np
 import oracles
 import pytest
 
-from ecapa_jax.schedules import exponential_decrease, margin_schedule, sphere_lambda
+from ecapa_jax.training.schedules import exponential_decrease, margin_schedule, sphere_lambda
 
 EPOCH_ITER = 100
 STEPS = np.arange(150 * EPOCH_ITER)  # 15,000 iterations

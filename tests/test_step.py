@@ -10,9 +10,9 @@ import numpy as np
 import oracles
 
 from ecapa_jax import ECAPA_TDNN, EcapaConfig
-from ecapa_jax.features import wespeaker_features
-from ecapa_jax.heads import HeadConfig, make_head
-from ecapa_jax.schedules import exponential_decrease, margin_schedule
+from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd, wespeaker_features
+from ecapa_jax.training.heads import HeadConfig, make_head
+from ecapa_jax.training.schedules import exponential_decrease, margin_schedule
 from train import step as train_step
 
 CHANNELS, EMBED, CLASSES, BATCH, SAMPLES = 32, 16, 6, 8, 8_160  # 8,160 samples = 50 frames
@@ -20,6 +20,9 @@ CHANNELS, EMBED, CLASSES, BATCH, SAMPLES = 32, 16, 6, 8, 8_160  # 8,160 samples 
 # weight-decay update. Longer runs of this tiny BatchNorm-heavy net at batch 8 are chaotic: torch's
 # own float32 and float64 runs drift 1.5% apart in 4 steps, so only short runs can be compared tightly.
 STEPS = 2
+
+
+TRAIN_FRONT_END = KaldiFrontEnd(FbankConfig.wespeaker(dither=1.0))  # WeSpeaker trains with dither 1.0
 
 
 def _batches():
@@ -53,7 +56,7 @@ def test_step_matches_wespeaker_sgd_loop():
     state = train_step.TrainState(
         jnp.zeros((), jnp.int32), params, {"model": variables["batch_stats"], "projection": {}}, tx.init(params)
     )
-    step = jax.jit(train_step.make_train_step(model, head, tx, lr, margin, scale=32.0, dither=0.0))
+    step = jax.jit(train_step.make_train_step(model, head, tx, lr, margin, scale=32.0, frontend=KaldiFrontEnd()))
 
     opt = torch.optim.SGD(
         list(ref.parameters()) + list(proj.parameters()), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4
@@ -91,10 +94,12 @@ def test_step_matches_wespeaker_sgd_loop():
 _MULTI_DEVICE = """
 import jax, numpy as np
 from ecapa_jax import ECAPA_TDNN, EcapaConfig
-from ecapa_jax.heads import HeadConfig, make_head
-from ecapa_jax.schedules import exponential_decrease, margin_schedule
+from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd
+from ecapa_jax.training.heads import HeadConfig, make_head
+from ecapa_jax.training.schedules import exponential_decrease, margin_schedule
 from train import step as train_step
 
+TRAIN_FRONT_END = KaldiFrontEnd(FbankConfig.wespeaker(dither=1.0))
 assert jax.device_count() == 8, jax.devices()
 model = ECAPA_TDNN(EcapaConfig(channels=32, embed_dim=16, global_context_att=True))
 head = make_head(HeadConfig(num_classes=6))
@@ -108,9 +113,9 @@ batches = [{"wav": (rng.normal(size=(16, 8160)) * 0.1).astype(np.float32),
 runs = []
 for devices in (jax.devices()[:1], jax.devices()):
     mesh = train_step.data_mesh(devices)
-    state = train_step.replicate(train_step.init_state(model, head, tx, jax.random.key(0), 8160), mesh)
+    state = train_step.replicate(train_step.init_state(model, head, tx, jax.random.key(0), 8160, KaldiFrontEnd()), mesh)
     step = train_step.jit_train_step(
-        train_step.make_train_step(model, head, tx, lr, margin, scale=32.0, dither=1.0), mesh)
+        train_step.make_train_step(model, head, tx, lr, margin, scale=32.0, frontend=TRAIN_FRONT_END), mesh)
     losses = []
     for batch in batches:
         state, metrics = step(state, train_step.shard_batch(batch, mesh), jax.random.key(7))

@@ -12,7 +12,7 @@ import numpy as np
 import oracles
 import pytest
 
-from ecapa_jax.convert.torchzip import load_state_dict, save_state_dict
+from ecapa_jax.io.torchzip import load_state_dict, save_state_dict
 
 
 def _numpy_dtypes(torch) -> dict:

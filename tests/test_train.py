@@ -23,10 +23,10 @@ import pytest
 import soundfile as sf
 
 import ecapa_jax
-from ecapa_jax.checkpoint import CheckpointManager, load_model_dir
-from ecapa_jax.convert import load_state_dict
-from ecapa_jax.convert.__main__ import main as convert_main
+from ecapa_jax.convert import main as convert_main
 from ecapa_jax.embed import main as embed_main
+from ecapa_jax.io.checkpoint import CheckpointManager, load_model_dir
+from ecapa_jax.io.torchzip import load_state_dict
 from ecapa_jax.score import main as score_main
 from train import tools
 from train.__main__ import main as train_main
@@ -247,8 +247,9 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(run, env, tmp_path):
 def test_average_and_export(run, tmp_path):
     """``average`` is WeSpeaker's avg_model (params and BN statistics); ``wespeaker`` writes it as a .pt."""
     assert tools.main(["average", str(run), "--num", "2", "--out", str(tmp_path / "avg")]) == 0
-    _, variables, projection, metadata = load_model_dir(tmp_path / "avg")
-    assert metadata["steps"] == [HALF, STEPS]
+    averaged = load_model_dir(tmp_path / "avg")
+    variables, projection = averaged.model_variables, averaged.projection
+    assert averaged.metadata["steps"] == [HALF, STEPS]
     with CheckpointManager(run / "checkpoints") as ckpt:
         a, b = (ckpt.restore(s)[0] for s in (HALF, STEPS))
     kernel = lambda t: t["params"]["model"]["layer1"]["conv"]["kernel"]
@@ -266,7 +267,7 @@ def test_average_and_export(run, tmp_path):
 
 
 def test_tools_errors(tmp_path, capsys):
-    assert tools.main(["export", str(tmp_path)]) == 1
+    assert tools.main(["export", str(tmp_path)]) == 2
     assert "is not a training run directory: no checkpoints/" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="not a training run directory: no config.json"):
         tools.read_run_config(tmp_path)
@@ -274,7 +275,7 @@ def test_tools_errors(tmp_path, capsys):
         tools.write_demo_eval(load_config(PRESET), tmp_path / "out")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("not ours")
-    assert tools.main(["demo-data", str(tmp_path / "out")]) == 1  # the demo preset, into a non-empty dir
+    assert tools.main(["demo-data", str(tmp_path / "out")]) == 2  # the demo preset, into a non-empty dir
     assert "out exists and is not empty (--overwrite to write into it)" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]  # nothing written, nothing lost
 
@@ -338,7 +339,7 @@ def test_workdir_with_another_config_is_refused(tmp_path, capsys):
     check_workdir_config(tmp_path, other, force=True)
     assert TrainConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == other
     # The command line reports it (and bad overrides) as an error, before any training.
-    assert train_main([f"--workdir={tmp_path}", "num_epochs=4"]) == 1
+    assert train_main([f"--workdir={tmp_path}", "num_epochs=4"]) == 2
     assert train_main([f"--workdir={tmp_path}", "model.chanels=4"]) == 2
     assert "different config" in capsys.readouterr().err
 

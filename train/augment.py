@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import signal
 
-from ecapa_jax.audio import load_audio, resample
+from ecapa_jax.frontend.audio import load_audio, resample
 
 SPEEDS = (1.0, 0.9, 1.1)  # WeSpeaker's order: index i > 0 makes speaker s into class s + S·i
 SNR_RANGES = {"noise": (0.0, 15.0), "speech": (10.0, 30.0), "music": (5.0, 15.0)}  # dB, by MUSAN category

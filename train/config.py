@@ -3,8 +3,9 @@
 Field names follow WeSpeaker's recipe yaml (``examples/voxceleb/v2/conf/ecapa_tdnn.yaml``):
 ``projection_args``, ``optimizer_args``, ``scheduler_args``, ``margin_update``, ``num_epochs``,
 ``model_init``; the defaults *are* that recipe (GLOB_c512, 2 GPUs × 128, 150 epochs). The data
-pipeline's settings (batch, chunk length, augmentation, SpecAugment, data seed) live in
-`train.data.DataConfig`, the architecture (and compute dtype) in `ecapa_jax.EcapaConfig`.
+pipeline's settings (batch, chunk length, fbank frames, augmentation, SpecAugment, data seed) live in
+`train.data.DataConfig`, the architecture (and compute dtype) in a model family's config
+(`ecapa_jax.EcapaConfig`; in JSON it carries its ``family``).
 
 A preset is a Python file with ``get_config() -> TrainConfig``; on the command line any field can
 be overridden with ``key=value`` (dotted for nested ones: ``model.channels=256``,
@@ -23,8 +24,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ecapa_jax.heads import HeadConfig
-from ecapa_jax.model import EcapaConfig
+from ecapa_jax.config import from_dict
+from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd
+from ecapa_jax.io.files import read_json
+from ecapa_jax.models import model_config_from_dict, model_config_to_dict
+from ecapa_jax.models.ecapa import EcapaConfig
+from ecapa_jax.training.heads import HeadConfig
 from train.data import DataConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -41,7 +46,7 @@ class OptimizerArgs:
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerArgs:
-    """WeSpeaker's ``scheduler_args`` for ``ExponentialDecrease`` (`ecapa_jax.schedules.exponential_decrease`).
+    """WeSpeaker's ``scheduler_args`` for ``ExponentialDecrease`` (`ecapa_jax.training.schedules`).
 
     The peak is scaled by global batch / 64 (WeSpeaker's ``scale_ratio`` = world_size · batch_size / 64).
     """
@@ -54,7 +59,7 @@ class SchedulerArgs:
 
 @dataclasses.dataclass(frozen=True)
 class MarginUpdate:
-    """WeSpeaker's ``margin_update`` for ``MarginScheduler`` (`ecapa_jax.schedules.margin_schedule`)."""
+    """WeSpeaker's ``margin_update`` for ``MarginScheduler`` (`ecapa_jax.training.schedules.margin_schedule`)."""
 
     initial_margin: float = 0.0
     final_margin: float = 0.2
@@ -77,10 +82,10 @@ class TrainConfig:
     """Everything a run depends on; the defaults are WeSpeaker's ECAPA recipe.
 
     Attributes:
-      model: the architecture (``dtype`` is the compute dtype).
-      data: the input pipeline, including ``global_batch_size``, ``num_frms``, ``spec_aug`` and the
-        data ``seed``.
-      projection_args: `ecapa_jax.heads.HeadConfig` fields but ``num_classes`` (WeSpeaker's
+      model: the architecture, a model family's config (``dtype`` is the compute dtype).
+      data: the input pipeline, including ``global_batch_size``, ``num_frms``, the fbank's
+        ``sample_rate``/``frame_length_ms``/``frame_shift_ms``, ``spec_aug`` and the data ``seed``.
+      projection_args: `ecapa_jax.training.heads.HeadConfig` fields but ``num_classes`` (WeSpeaker's
         ``projection_args``); the class count comes from the data, or from ``model_init``'s head.
       optimizer_args: SGD settings.
       scheduler_args: learning-rate schedule.
@@ -90,8 +95,8 @@ class TrainConfig:
         ⌊utterances / global batch⌋. Overriding it shortens the schedules' epochs, not the loader's.
       seed: seeds parameter initialisation and the per-step rng (dither, SpecAugment), folded
         with the step.
-      dither: Kaldi dither on the ×32768 waveform (1.0 in WeSpeaker's training).
-      model_init: a model directory (`ecapa_jax.checkpoint.save_model_dir`) to start from,
+      dither: Kaldi dither on the ×32768 waveform (1.0 in WeSpeaker's training; 0 in the exported model).
+      model_init: a model directory (`ecapa_jax.io.checkpoint.save_model_dir`) to start from,
         projection included when it has one (WeSpeaker's ``model_init``; the LM fine-tune).
       checkpoint_interval: steps between checkpoints; 0 saves at the end of every epoch.
       keep_checkpoints: checkpoints kept (the newest); WeSpeaker averages the last ``num_avg`` = 10.
@@ -104,7 +109,7 @@ class TrainConfig:
       eval_batch_size: utterances embedded per forward pass in evaluation.
     """
 
-    model: EcapaConfig = EcapaConfig.glob_c512()
+    model: Any = EcapaConfig.glob_c512()
     data: DataConfig = DataConfig()
     projection_args: Mapping[str, Any] = dataclasses.field(default_factory=_recipe_projection)
     optimizer_args: OptimizerArgs = OptimizerArgs()
@@ -146,11 +151,19 @@ class TrainConfig:
     def head_config(self, num_classes: int) -> HeadConfig:
         return HeadConfig.from_dict({**self.projection_args, "num_classes": num_classes})
 
+    @property
+    def frontend(self) -> KaldiFrontEnd:
+        """The model's front-end as exported (dither 0): WeSpeaker's ``fbank_args`` from ``data`` (sample rate,
+        frame length and shift) with ``model.feat_dim`` mel bins. Training uses it with ``dither``."""
+        d = self.data
+        fbank = FbankConfig.wespeaker(d.sample_rate, 0.0, self.model.feat_dim, d.frame_length_ms, d.frame_shift_ms)
+        return KaldiFrontEnd(fbank)
+
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "model": model_config_to_dict(self.model)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -158,27 +171,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Inverse of `to_dict`; unknown keys are errors, missing ones take the defaults."""
-        return _from_dict(cls, d, "")
-
-
-def _from_dict(cls, d: Mapping[str, Any], prefix: str):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown config keys {[prefix + k for k in unknown]}; expected {sorted(fields)}")
-    kwargs = {}
-    for name, value in d.items():
-        default = _default(fields[name])
-        kwargs[name] = _from_dict(type(default), value, f"{prefix}{name}.") if _is_config(default) else value
-    return cls(**kwargs)
-
-
-def _is_config(value) -> bool:
-    return dataclasses.is_dataclass(value) and not isinstance(value, type)
-
-
-def _default(field: dataclasses.Field):
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+        d = dict(d)
+        if "model" in d:
+            d["model"] = model_config_from_dict(d["model"], "model.")
+        return from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -207,7 +203,7 @@ def _coerce(key: str, old: Any, new: Any) -> Any:
 
 def _head_default(name: str) -> Any:
     field = {f.name: f for f in dataclasses.fields(HeadConfig) if f.name != "num_classes"}.get(name)
-    return None if field is None else _default(field)
+    return None if field is None or field.default is dataclasses.MISSING else field.default
 
 
 def _set(tree: dict, path: list[str], value: Any, where: str = "") -> None:
@@ -289,7 +285,7 @@ def check_workdir_config(workdir: str | os.PathLike, config: TrainConfig, force:
     path = Path(workdir) / "config.json"
     new = json.loads(config.to_json())
     if path.is_file() and not force:
-        old = json.loads(path.read_text())
+        old = read_json(path)
         if old != new:
             diff = [f"{k}: {a!r} -> {b!r}" for k, a, b in _diff(old, new)]
             raise ValueError(

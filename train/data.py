@@ -32,7 +32,7 @@ Where this differs from WeSpeaker, and why:
   per-sample generator) instead of being dropped, so every batch is full and an epoch is exactly
   ``num_utts // global_batch`` steps (WeSpeaker's ``epoch_iter``, which its infinite stream fills).
 - A speaker missing from ``train_label`` is an error; WeSpeaker's label −1 would break the loss.
-- Resampling (and hence speed perturbation) uses soxr through `ecapa_jax.audio`, not torchaudio
+- Resampling (and hence speed perturbation) uses soxr through `ecapa_jax.frontend.audio`, not torchaudio
   or sox: the same operation, not the same samples.
 """
 
@@ -55,8 +55,8 @@ from urllib.parse import urlparse
 import numpy as np
 import soundfile as sf
 
-from ecapa_jax.audio import AudioError, load_audio, resample
-from ecapa_jax.kaldi_io import read_wav_scp
+from ecapa_jax.frontend.audio import AudioError, load_audio, resample
+from ecapa_jax.io.kaldi_io import read_wav_scp
 from train import augment
 from train.demo_corpus import DemoCorpus
 
@@ -83,10 +83,11 @@ class DataConfig:
       train_data: the raw list, the shard list, or the Kaldi data directory.
       train_label: optional ``utt2spk`` whose sorted speaker set defines the labels (WeSpeaker's
         ``train_label``); empty: the speakers of ``train_data``.
-      sample_rate: Hz after resampling (``resample_rate``).
+      sample_rate: Hz after resampling (``resample_rate``); also the fbank's sample frequency.
       num_frms: frames per training chunk (200; 600 for large-margin fine-tuning).
-      frame_shift_ms: fbank frame shift.
-      frame_length_ms: fbank frame length.
+      frame_shift_ms: fbank frame shift (``fbank_args.frame_shift``): sizes the chunks, and the step's fbank
+        and the exported model's front-end use it (`train.config.TrainConfig.frontend`).
+      frame_length_ms: fbank frame length (``fbank_args.frame_length``), likewise.
       filter: apply the length filter.
       min_num_frames: utterances shorter than this many frame shifts are replaced.
       max_num_frames: longer utterances are randomly cropped to this many frame shifts first.
@@ -267,7 +268,7 @@ def read_kaldi_dir(directory: str) -> list[Utterance]:
 
     Raises:
       DataError: a missing file, or an utterance of ``wav.scp`` without a speaker in ``utt2spk``.
-      ecapa_jax.kaldi_io.KaldiIOError: a malformed ``wav.scp`` line (file and line named).
+      ecapa_jax.io.kaldi_io.KaldiIOError: a malformed ``wav.scp`` line (file and line named).
     """
     scp, u2s = os.path.join(directory, "wav.scp"), os.path.join(directory, "utt2spk")
     for p in (scp, u2s):
@@ -391,7 +392,7 @@ class DataSource:
         """The waveform of utterance ``index``: float32 (N,) in [−1, 1] at ``sample_rate``, VAD applied.
 
         Raises:
-          ecapa_jax.audio.AudioError (or OSError): unreadable or missing audio, naming the file.
+          ecapa_jax.frontend.audio.AudioError (or OSError): unreadable or missing audio, naming the file.
         """
         u = self.utterances[index]
         if self.demo is not None:
@@ -408,7 +409,7 @@ class DataSource:
         return x
 
     def _read_member(self, u: Utterance) -> np.ndarray:
-        """Decodes an audio member of a tar shard; as `ecapa_jax.audio.load_audio`, which takes paths only."""
+        """Decodes an audio member of a tar shard; as `ecapa_jax.frontend.audio.load_audio`, which takes paths only."""
         where = f"{u.wav}:{u.key}"
         with open(u.wav, "rb") as f:
             f.seek(u.offset)

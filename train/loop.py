@@ -7,7 +7,7 @@ The workdir is the unit of a run and of its resumption::
     WORKDIR/metrics.jsonl      every ``log_interval``-th step: loss, accuracy, lr, margin, grad_norm,
                                samples/s, and the data position and index checksum of its batch
     WORKDIR/eval.jsonl         held-out EER at step 0 (fresh runs), every ``eval_interval`` steps, the end
-    WORKDIR/model/             the final inference model directory (``ecapa_jax.encoder.load`` reads it)
+    WORKDIR/model/             the final inference model directory (``ecapa_jax.load`` reads it)
     WORKDIR/model.pt           the same model as a WeSpeaker state_dict (``python -m ecapa_jax.convert``)
 
 Running the same command again resumes exactly from the newest checkpoint: the state, the loader
@@ -34,31 +34,29 @@ import math
 import os
 import time
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from ecapa_jax.audio import load_audio
-from ecapa_jax.checkpoint import CheckpointManager, load_model_dir, save_model_dir
-from ecapa_jax.convert import dir_to_wespeaker
-from ecapa_jax.features import wespeaker_features
-from ecapa_jax.heads import make_head
-from ecapa_jax.kaldi_io import read_wav_scp
-from ecapa_jax.metrics import compute_eer
-from ecapa_jax.model import ECAPA_TDNN
-from ecapa_jax.schedules import exponential_decrease, margin_schedule
-from ecapa_jax.score import cosine_scores, read_trials
+from ecapa_jax.backend.metrics import compute_eer
+from ecapa_jax.backend.scoring import cosine_scores, read_trials
+from ecapa_jax.encoder import Encoder
+from ecapa_jax.frontend.audio import load_audio
+from ecapa_jax.io.checkpoint import CheckpointManager, load_model_dir, save_model_dir, split_variables
+from ecapa_jax.io.convert.wespeaker import dir_to_wespeaker
+from ecapa_jax.io.kaldi_io import read_wav_scp
+from ecapa_jax.models import build_model
+from ecapa_jax.models.ecapa import EcapaConfig
+from ecapa_jax.training.heads import make_head
+from ecapa_jax.training.schedules import Schedule, exponential_decrease, margin_schedule
 from train import augment
 from train.config import TrainConfig, check_workdir_config
 from train.data import Loader, make_source
 from train.step import (
-    Schedule,
     TrainState,
     data_mesh,
     init_state,
@@ -105,28 +103,27 @@ def schedules(config: TrainConfig, epoch_iter: int) -> tuple[Schedule, Schedule]
 
 
 def _initial_model(config: TrainConfig, num_classes: int) -> tuple[dict | None, int]:
-    """``model_init``'s variables (or None) and the head's class count (from its projection when present)."""
+    """``model_init``'s variables (the shared layout, or None) and the head's class count (from its
+    projection when it has one)."""
     if not config.model_init:
         return None, num_classes
-    model_config, variables, projection, _ = load_model_dir(config.model_init)
-    if model_config != config.model:
-        raise ValueError(f"model_init {config.model_init} is a {model_config}, the config asks for {config.model}")
+    init = load_model_dir(config.model_init)
+    if init.config != config.model:
+        raise ValueError(f"model_init {config.model_init} is a {init.config}, the config asks for {config.model}")
+    projection = init.projection
     if projection is not None:  # the head keeps its classes (the LM fine-tune keeps 3 × speakers)
         params, head = projection["params"], config.head_config(1)
         weight = params.get("weight", params.get("trans_2", {}).get("kernel"))  # margin heads / softmax
         if weight is None:
             raise ValueError(f"model_init {config.model_init}: its projection has no class weights ({sorted(params)})")
         num_classes = weight.shape[1] // (head.K if head.project_type == "arc_margin_intertopk_subcenter" else 1)
-    return {"variables": variables, "projection": projection}, num_classes
+    return init.variables, num_classes
 
 
 def _with_init(state: TrainState, init: dict, tx) -> TrainState:
     """``state`` with model_init's variables (and head, if it has one) and a fresh optimiser state."""
-    params = {**state.params, "model": init["variables"]["params"]}
-    stats = {**state.batch_stats, "model": init["variables"]["batch_stats"]}
-    if init["projection"] is not None:
-        params["projection"] = init["projection"]["params"]
-        stats["projection"] = init["projection"].get("batch_stats", {})
+    params = {**state.params, **init["params"]}
+    stats = {**state.batch_stats, **init["batch_stats"]}
     for name, new, old in (("params", params, state.params), ("batch_stats", stats, state.batch_stats)):
         if jax.tree.map(np.shape, new) != jax.tree.map(np.shape, old):
             raise ValueError(f"model_init's {name} do not fit the configured model and head")
@@ -180,56 +177,14 @@ def make_eval_set(config: TrainConfig, demo=None) -> EvalSet | None:
     return None
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _embed_batch(model: nn.Module, variables, wav, lengths):
-    """(B, L) zero-padded waveforms with (B,) lengths → (B, E) embeddings of each unpadded utterance."""
-    feats, valid = wespeaker_features(wav, lengths)  # (B, T, F), (B,)
-    mask = jnp.arange(feats.shape[1])[None, :] < valid[:, None]  # (B, T)
-    return model.apply(variables, feats, train=False, mask=mask)[0]
-
-
-def _bucket(n: int) -> int:
-    """A padded length ≥ n from a short list (two per octave), so few programs are compiled."""
-    unit = 2 ** max(int(math.log2(n)) - 1, 0)
-    return -(-n // unit) * unit
-
-
-def embed_utterances(model: nn.Module, variables, waveforms: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-    """Whole-utterance embeddings: utterances of similar length are padded together and masked.
-
-    Args:
-      model: an ``ECAPA_TDNN``.
-      variables: its ``{'params', 'batch_stats'}``.
-      waveforms: 16 kHz float waveforms, any lengths ≥ 400 samples.
-      batch_size: utterances per forward pass (short batches are filled with repeats).
-
-    Returns:
-      (U, E) float32, in the order of ``waveforms``.
-    """
-    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
-    out = np.zeros((len(waveforms), model.config.embed_dim), np.float32)
-    start = 0
-    while start < len(order):
-        width = _bucket(len(waveforms[order[start]]))
-        idx = [i for i in order[start : start + batch_size] if len(waveforms[i]) <= width]
-        rows = idx + idx[-1:] * (batch_size - len(idx))
-        wav = np.zeros((batch_size, width), np.float32)
-        for r, i in enumerate(rows):
-            wav[r, : len(waveforms[i])] = waveforms[i]
-        lengths = np.array([len(waveforms[i]) for i in rows], np.int32)
-        out[idx] = np.asarray(_embed_batch(model, variables, wav, lengths))[: len(idx)]
-        start += len(idx)
-    return out
-
-
-def evaluate(model: nn.Module, variables, eval_set: EvalSet, batch_size: int = 16) -> dict[str, float]:
-    """Held-out EER: whole-utterance embeddings, cosine scores, WeSpeaker's EER (``ecapa_jax.metrics``).
+def evaluate(encoder: Encoder, eval_set: EvalSet, batch_size: int = 16) -> dict[str, float]:
+    """Held-out EER: whole-utterance embeddings (``Encoder.embed_batch``), cosine scores, WeSpeaker's EER.
 
     Returns:
       {'eer': fraction, 'threshold': score at the EER, 'trials': count}.
     """
     utts = eval_set.utterances
-    emb = embed_utterances(model, variables, [eval_set.load(u) for u in utts], batch_size)
+    emb = encoder.embed_batch([eval_set.load(u) for u in utts], batch_size=batch_size)
     row = {u: i for i, u in enumerate(utts)}
     enroll = emb[[row[e] for e, _, _ in eval_set.trials]]
     test = emb[[row[t] for _, t, _ in eval_set.trials]]
@@ -289,15 +244,19 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
     """
     workdir = Path(workdir)
     lead = jax.process_index() == 0
-    if lead:
-        check_workdir_config(workdir, config, force=force_config)
+    # Data lists, labels, augmentation files and model_init are read before anything goes into the
+    # workdir, so a mistake there leaves nothing behind that would refuse the corrected command.
     source = make_source(config.data)
     loader = Loader(source, config.data, jax.process_index(), jax.process_count())
     epoch_iter = config.steps_per_epoch or loader.epoch_iter
     total = config.num_epochs * epoch_iter
     lr, margin = schedules(config, epoch_iter)
     init, num_classes = _initial_model(config, loader.num_classes)
-    model = ECAPA_TDNN(config.model)
+    eval_set = make_eval_set(config, source.demo)
+    if lead:
+        check_workdir_config(workdir, config, force=force_config)
+    model = build_model(config.model)
+    frontend = config.frontend
     head = make_head(config.head_config(num_classes))
     opt = config.optimizer_args
     tx = sgd(lr, opt.momentum, opt.nesterov, opt.weight_decay)
@@ -307,20 +266,28 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
         masks = {"num_t_mask": d.num_t_mask, "num_f_mask": d.num_f_mask, "max_t": d.max_t, "max_f": d.max_f}
         spec_aug = lambda feats, key: augment.spec_augment(key, feats, prob=d.spec_aug_prob, **masks)
     train_step = make_train_step(
-        model, head, tx, lr, margin, scale=config.head_config(1).scale, dither=config.dither, spec_augment=spec_aug
+        model,
+        head,
+        tx,
+        lr,
+        margin,
+        scale=config.head_config(1).scale,
+        frontend=frontend.with_dither(config.dither),
+        spec_augment=spec_aug,
     )
     mesh = data_mesh()
     step_fn = jit_train_step(train_step, mesh)
     init_key, step_key = jax.random.split(jax.random.key(config.seed))
     # One compiled program rather than the model's init op by op (much faster, and cached across runs).
-    state = jax.jit(functools.partial(init_state, model, head, tx, num_samples=loader.chunk_len))(init_key)
+    state = jax.jit(functools.partial(init_state, model, head, tx, num_samples=loader.chunk_len, frontend=frontend))(
+        init_key
+    )
     if init is not None:
         state = _with_init(state, init, tx)
     state = replicate(state, mesh)
     rng = replicate(step_key, mesh)
 
     metrics_log, eval_log = JsonLog(workdir / METRICS_FILE, lead), JsonLog(workdir / EVAL_FILE, lead)
-    eval_set = make_eval_set(config, source.demo)
     ckpt = CheckpointManager(workdir / CHECKPOINT_DIR, config.keep_checkpoints)
     step = 0
     if ckpt.latest_step() is not None:
@@ -335,8 +302,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
     def run_eval(at_step: int) -> float | None:
         if eval_set is None:
             return None
-        variables = {"params": state.params["model"], "batch_stats": state.batch_stats["model"]}
-        result = evaluate(model, variables, eval_set, config.eval_batch_size)
+        variables, _ = split_variables({"params": state.params, "batch_stats": state.batch_stats})
+        result = evaluate(Encoder(config.model, variables, frontend), eval_set, config.eval_batch_size)
         eval_log.write({"step": at_step, **result})
         if lead:
             tqdm.tqdm.write(f"step {at_step}: held-out EER {100 * result['eer']:.2f}% ({result['trials']} trials)")
@@ -408,13 +375,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
 
     model_dir = workdir / MODEL_DIR
     if lead:
-        projection = {"params": state.params["projection"]}
-        if state.batch_stats["projection"]:
-            projection["batch_stats"] = state.batch_stats["projection"]
-        variables = {"params": state.params["model"], "batch_stats": state.batch_stats["model"]}
+        variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
         metadata = {"source": str(workdir.resolve()), "source_format": "ecapa_jax.train", "step": total, "eer": eer}
-        save_model_dir(model_dir, config.model, jax.device_get(variables), jax.device_get(projection), metadata, True)
-        dir_to_wespeaker(model_dir, workdir / WESPEAKER_FILE, overwrite=True)
+        save_model_dir(model_dir, config.model, variables, frontend, metadata, overwrite=True)
+        if isinstance(config.model, EcapaConfig):  # WeSpeaker's layout exists for its ECAPA only
+            dir_to_wespeaker(model_dir, workdir / WESPEAKER_FILE, overwrite=True)
         if eer is not None:
             print(f"final held-out EER after {total} steps: {100 * eer:.2f}%")
     return {"step": total, "eer": eer, "model_dir": str(model_dir)}
@@ -424,7 +389,6 @@ __all__ = [
     "EvalSet",
     "JsonLog",
     "NonFiniteError",
-    "embed_utterances",
     "evaluate",
     "initialize_distributed",
     "make_eval_set",

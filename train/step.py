@@ -1,4 +1,4 @@
-"""The training step: waveform chunks → fbank + CMN → ECAPA → margin head → SGD, jitted once.
+"""The training step: waveform chunks → front-end (fbank + CMN) → model → margin head → SGD, jitted once.
 
 Data parallelism is `jax.jit` over a ``('data',)`` mesh: the batch is sharded on its first axis,
 the state is replicated, and XLA inserts the gradient all-reduce that pmap/DDP did by hand. The
@@ -10,7 +10,6 @@ results do not depend on the device count; PyTorch DDP normalises per device ins
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -20,15 +19,19 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ecapa_jax.features import wespeaker_features
+from ecapa_jax.training.heads import accuracy
+from ecapa_jax.training.schedules import Schedule
 
 Array = jax.Array
-Schedule = Callable[[Any], Any]
 
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training. params/batch_stats: {'model': …, 'projection': …}."""
+    """Everything that changes during training.
+
+    ``params`` and ``batch_stats`` are ``{'model': …, 'projection': …}``: together they are the variable
+    layout of model directories (``ecapa_jax.io.checkpoint.join_variables``).
+    """
 
     step: Array  # () int32: the global iteration, the argument of every schedule
     params: dict
@@ -45,15 +48,15 @@ def sgd(lr: Schedule, momentum: float = 0.9, nesterov: bool = True, weight_decay
     )
 
 
-def init_state(model: nn.Module, head: nn.Module, tx, key: Array, num_samples: int) -> TrainState:
-    """Fresh state for a model fed ``num_samples``-sample waveform chunks."""
+def init_state(model: nn.Module, head: nn.Module, tx, key: Array, num_samples: int, frontend) -> TrainState:
+    """Fresh state for a model fed ``num_samples``-sample waveform chunks through ``frontend``."""
     k_model, k_head = jax.random.split(key)
-    feats, _ = wespeaker_features(jnp.zeros((2, num_samples), jnp.float32))
+    feats, _ = frontend.with_dither(0.0)(jnp.zeros((2, num_samples), jnp.float32))
     model_vars = model.init(k_model, feats)
     emb, _ = model.apply(model_vars, feats)
     head_vars = head.init(k_head, emb, jnp.zeros((2,), jnp.int32))
     params = {"model": model_vars["params"], "projection": head_vars["params"]}
-    batch_stats = {"model": model_vars["batch_stats"], "projection": head_vars.get("batch_stats", {})}
+    batch_stats = {"model": model_vars.get("batch_stats", {}), "projection": head_vars.get("batch_stats", {})}
     return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
 
 
@@ -65,7 +68,7 @@ def make_train_step(
     margin: Schedule,
     *,
     scale: float,
-    dither: float = 1.0,
+    frontend,
     spec_augment: Callable[[Array, Array], Array] | None = None,
 ) -> Callable[[TrainState, dict, Array], tuple[TrainState, dict]]:
     """``train_step(state, batch, rng) -> (state, metrics)``, pure; jit it with ``jit_train_step``.
@@ -75,7 +78,7 @@ def make_train_step(
       tx: the optax optimiser (its schedule must be ``lr``).
       lr, margin: schedules of the step; evaluated here only to log them and drive the margin.
       scale: the head's logit scale.
-      dither: Kaldi dither amplitude on the ×32768 waveform (WeSpeaker trains with 1.0).
+      frontend: waveforms → features (``ecapa_jax.frontend``), with the training dither (WeSpeaker: 1.0).
       spec_augment: optional ``(feats (B, T, F), key) -> feats``.
 
     The batch is ``{'wav': (B, L) float32 in [−1, 1], 'label': (B,) int32}``. Metrics are scalars:
@@ -85,7 +88,7 @@ def make_train_step(
     def train_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(rng, state.step)
         k_dither, k_spec = jax.random.split(rng)
-        feats, _ = wespeaker_features(batch["wav"], dither=dither, key=k_dither if dither else None)  # (B, T, F)
+        feats, _ = frontend(batch["wav"], key=k_dither)  # (B, T, F)
         if spec_augment is not None:
             feats = spec_augment(feats, k_spec)
         m = margin(state.step)
@@ -104,7 +107,7 @@ def make_train_step(
             (logits, loss), head_stats = head.apply(
                 head_vars, emb, labels, margin=m, scale=scale, step=state.step, train=True, mutable=["batch_stats"]
             )
-            stats = {"model": model_stats["batch_stats"], "projection": head_stats.get("batch_stats", {})}
+            stats = {"model": model_stats.get("batch_stats", {}), "projection": head_stats.get("batch_stats", {})}
             return loss, (logits, stats)
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -112,7 +115,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+            "accuracy": accuracy(logits, labels),
             "lr": jnp.asarray(lr(state.step), jnp.float32),
             "margin": jnp.asarray(m, jnp.float32),
             "grad_norm": optax.tree.norm(grads),

@@ -5,14 +5,14 @@
     python -m train.tools wespeaker MODEL_DIR OUT.pt                 # model dir → WeSpeaker state_dict
     python -m train.tools demo-data OUT_DIR [--workdir RUN]          # the demo's held-out audio + trials
 
-A model directory (`ecapa_jax.checkpoint.save_model_dir`) holds the encoder and the training head
-(``projection``), as WeSpeaker's ``avg_model.pt`` does; ``ecapa_jax.encoder.load`` reads it.
+A model directory (`ecapa_jax.io.checkpoint.save_model_dir`) holds the encoder, its front-end and the
+training head (``projection``), as WeSpeaker's ``avg_model.pt`` does; ``ecapa_jax.load`` reads it. A
+checkpoint's ``params``/``batch_stats`` are already in the model directory's variable layout.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ecapa_jax.checkpoint import CheckpointManager, save_model_dir
-from ecapa_jax.convert import dir_to_wespeaker
+from ecapa_jax.cli import EXIT_OK, command
+from ecapa_jax.io.checkpoint import CheckpointManager, save_model_dir
+from ecapa_jax.io.convert.wespeaker import dir_to_wespeaker
+from ecapa_jax.io.files import read_json
 from train.config import TrainConfig, load_config
 from train.data import demo_corpus
 from train.demo_corpus import write_dataset, write_trials
@@ -53,11 +55,11 @@ def read_run_config(workdir: str | Path) -> TrainConfig:
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{workdir} is not a training run directory: no config.json")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
+    return TrainConfig.from_dict(read_json(path))
 
 
 def load_checkpoints(workdir: str | Path, steps: Sequence[int]) -> list[dict[str, Any]]:
-    """``{'params', 'batch_stats'}`` (``{'model', 'projection'}`` each, NumPy) of the given checkpoints."""
+    """The variables (``{'params', 'batch_stats'}``, ``{'model', 'projection'}`` each, NumPy) of checkpoints."""
     with CheckpointManager(Path(workdir) / CHECKPOINT_DIR) as ckpt:
         trees = [ckpt.restore(step)[0] for step in steps]
     return [{"params": t["params"], "batch_stats": t["batch_stats"]} for t in trees]
@@ -86,13 +88,9 @@ def export(workdir: str | Path, out: str | Path, steps: Sequence[int], overwrite
       ``out``.
     """
     config = read_run_config(workdir)
-    tree = average_trees(load_checkpoints(workdir, steps))
-    variables = {"params": tree["params"]["model"], "batch_stats": tree["batch_stats"]["model"]}
-    projection = {"params": tree["params"]["projection"]}
-    if tree["batch_stats"]["projection"]:
-        projection["batch_stats"] = tree["batch_stats"]["projection"]
+    variables = average_trees(load_checkpoints(workdir, steps))
     metadata = {"source": str(Path(workdir).resolve()), "source_format": "ecapa_jax.train", "steps": list(steps)}
-    return save_model_dir(out, config.model, variables, projection, metadata, overwrite=overwrite)
+    return save_model_dir(out, config.model, variables, config.frontend, metadata, overwrite=overwrite)
 
 
 def write_demo_eval(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path:
@@ -123,6 +121,7 @@ def write_demo_eval(config: TrainConfig, out: str | Path, overwrite: bool = Fals
     return out
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.tools", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,25 +142,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sp in (avg, exp, pt, demo):
         sp.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    try:
-        if args.command == "average":
-            num = args.num if args.num is not None else read_run_config(args.workdir).keep_checkpoints
-            steps = last_steps(args.workdir, num)
-            out = export(args.workdir, args.out or Path(args.workdir) / "avg_model", steps, args.overwrite)
-        elif args.command == "export":
-            steps = [args.step] if args.step is not None else last_steps(args.workdir, 1)
-            out = export(args.workdir, args.out or Path(args.workdir) / f"model_{steps[0]}", steps, args.overwrite)
-        elif args.command == "wespeaker":
-            dir_to_wespeaker(args.model_dir, args.out, overwrite=args.overwrite)
-            out, steps = args.out, None
-        else:
-            config = read_run_config(args.workdir) if args.workdir else load_config("demo")
-            out, steps = write_demo_eval(config, args.out, args.overwrite), None
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.command == "average":
+        num = args.num if args.num is not None else read_run_config(args.workdir).keep_checkpoints
+        steps = last_steps(args.workdir, num)
+        out = export(args.workdir, args.out or Path(args.workdir) / "avg_model", steps, args.overwrite)
+    elif args.command == "export":
+        steps = [args.step] if args.step is not None else last_steps(args.workdir, 1)
+        out = export(args.workdir, args.out or Path(args.workdir) / f"model_{steps[0]}", steps, args.overwrite)
+    elif args.command == "wespeaker":
+        dir_to_wespeaker(args.model_dir, args.out, overwrite=args.overwrite)
+        out, steps = args.out, None
+    else:
+        config = read_run_config(args.workdir) if args.workdir else load_config("demo")
+        out, steps = write_demo_eval(config, args.out, args.overwrite), None
     print(f"wrote {out}" + (f" (checkpoints {steps})" if steps else ""))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

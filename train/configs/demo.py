@@ -10,7 +10,7 @@ Measured on the 2-core CPU machine, otherwise idle: 372 steps in 3.2 min (4.9 mi
 set-up), held-out EER 23.3% at initialisation → 7.9% (step 124) → 5.5% (248) → 6.2% (372, final).
 """
 
-from ecapa_jax.model import EcapaConfig
+from ecapa_jax.models.ecapa import EcapaConfig
 from train.config import MarginUpdate, SchedulerArgs, TrainConfig
 from train.data import DataConfig
 

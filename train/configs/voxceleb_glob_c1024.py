@@ -1,6 +1,6 @@
 """WeSpeaker's VoxCeleb ECAPA recipe with the GLOB_c1024 model; everything else as ``voxceleb_glob_c512``."""
 
-from ecapa_jax.model import EcapaConfig
+from ecapa_jax.models.ecapa import EcapaConfig
 from train.config import TrainConfig, load_config
 
 

@@ -8,7 +8,7 @@ Paths follow WeSpeaker's ``run.sh`` layout; point them at your data with overrid
 ``data.train_data=/data/vox2_dev/shard.list``.
 """
 
-from ecapa_jax.model import EcapaConfig
+from ecapa_jax.models.ecapa import EcapaConfig
 from train.config import TrainConfig
 from train.data import DataConfig
 

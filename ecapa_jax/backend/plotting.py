@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from ecapa_jax.metrics import _check_trials, compute_eer, det_curve
+from ecapa_jax.backend.metrics import check_trials, compute_eer, det_curve
 
 # Rates are clipped to this range before the probit, so 0 and 1 land on the axis edges, not at ±inf.
 DET_LIMITS = (0.001, 0.999)
@@ -85,7 +85,7 @@ def plot_score_histogram(ax, scores: Any, labels: Any, *, title: str, bins: int 
     Raises:
       ValueError: as ``metrics.det_curve`` (shapes, NaN scores, a single class).
     """
-    scores, labels = _check_trials(scores, labels)
+    scores, labels = check_trials(scores, labels)
     edges = np.histogram_bin_edges(scores, bins)
     for mask, name in ((labels, "target"), (~labels, "non-target")):
         ax.hist(scores[mask], edges, density=True, alpha=0.5, label=f"{name} ({np.count_nonzero(mask)} trials)")

@@ -36,19 +36,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ecapa_jax.layers import BatchNorm
-from ecapa_jax.model import config_from_dict
-from ecapa_jax.schedules import sphere_lambda
+from ecapa_jax.config import from_dict
+from ecapa_jax.models.layers import BatchNorm
+from ecapa_jax.stats import l2_normalize
+from ecapa_jax.training.schedules import sphere_lambda
 
 Array = jnp.ndarray
 
 # ----------------------------------------------------------------------------- shared pieces
-
-
-def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
-    """x / max(‖x‖₂, eps) along ``axis``, as ``torch.nn.functional.normalize``."""
-    norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
-    return x / jnp.maximum(norm, eps)
 
 
 def cosine_similarity(embeddings: Array, weight: Array) -> Array:
@@ -473,7 +468,7 @@ class HeadConfig:
     """Which head to train with and its fixed hyper-parameters; field names are WeSpeaker's
     ``projection_args`` keys (plus ``num_classes``, its ``num_class``).
 
-    The margin is not here: it comes from a schedule (``ecapa_jax.schedules.margin_schedule``) at
+    The margin is not here: it comes from a schedule (``ecapa_jax.training.schedules.margin_schedule``) at
     each step, and ``scale`` is passed with it at call time.
 
     Attributes:
@@ -509,7 +504,7 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HeadConfig:
-        return config_from_dict(cls, d)
+        return from_dict(cls, d)
 
 
 HEADS: dict[str, Callable[..., nn.Module]] = {
@@ -548,7 +543,6 @@ __all__ = [
     "arc_margin_intertopk_subcenter",
     "arc_margin_phi",
     "cosine_similarity",
-    "l2_normalize",
     "make_head",
     "margin_loss",
     "sine",

@@ -15,30 +15,165 @@ Shape letters: B batch, T frames, F mel bins, C channels, E embedding size.
       bn2      BatchNorm if ``emb_bn``                     (B, E)
 
 The blocks run sequentially (no dense connections between them) and 1536 is fixed whatever C,
-as in WeSpeaker since PR #68. Submodule names are WeSpeaker's state_dict prefixes.
+as in WeSpeaker since PR #68.
+
+Every module is named after the WeSpeaker checkpoint leaf it holds (``conv``, ``bn``, ``convs_3``,
+``se_res2block_1``, ``linear1``), so the converter is a table: the PyTorch key
+``layer2.se_res2block.1.convs.3.weight`` is the Flax leaf ``layer2/se_res2block_1/convs_3/kernel``.
+
+``mask`` arguments are ``(B, T)`` booleans marking the valid frames of a padded batch. WeSpeaker has no
+masks (it embeds one whole utterance at a time); with a mask, every time-mixing operation (dilated convs,
+means over time, batch statistics, pooling) sees exactly what it would see for the unpadded utterance, so
+a padded batch gives the embeddings of one-at-a-time inference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ecapa_jax.layers import BatchNorm, Conv1dReluBn, SERes2Block, conv1d, stat_dtype
-from ecapa_jax.pooling import POOLINGS, make_pooling
+from ecapa_jax.config import from_dict
+from ecapa_jax.models.layers import BatchNorm, conv1d
+from ecapa_jax.models.pooling import POOLINGS, make_pooling
+from ecapa_jax.stats import apply_mask, stat_dtype, temporal_mean
 
 Array = jnp.ndarray
+Dtype = Any
 
 
-def config_from_dict(cls, d: dict[str, Any]):
-    """``cls(**d)`` for a flat config dataclass, naming any key that is not one of its fields."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}; expected a subset of {sorted(fields)}")
-    return cls(**d)
+# ----------------------------------------------------------------------------- blocks
+
+
+def res2_cascade(x: Array, branch: Callable[[int, Array], Array], scale: int) -> Array:
+    """The Res2Net hierarchical split as WeSpeaker writes it.
+
+    The channels are split into ``scale`` chunks x_0..x_{s-1}; sp_0 = f_0(x_0),
+    sp_i = f_i(sp_{i-1} + x_i) for i < s-1, and the *last* chunk passes through unchanged
+    (the Res2Net paper passes the first). With ``scale == 1`` the output is f_0(x).
+
+    Args:
+      x: (B, T, C) with C divisible by ``scale``.
+      branch: ``branch(i, h)`` applies the i-th conv→ReLU→BN to h: (B, T, C/scale).
+      scale: number of chunks.
+
+    Returns:
+      (B, T, C) for ``scale > 1``; (B, T, C') for ``scale == 1``.
+    """
+    chunks = jnp.split(x, scale, axis=-1)  # scale × (B, T, C/scale)
+    nums = max(scale - 1, 1)
+    outs = []
+    sp = None
+    for i in range(nums):
+        sp = chunks[i] if i == 0 else sp + chunks[i]
+        sp = branch(i, sp)
+        outs.append(sp)
+    if scale != 1:
+        outs.append(chunks[nums])
+    return jnp.concatenate(outs, axis=-1)
+
+
+def squeeze_excitation(x: Array, excite: Callable[[Array], Array], mask: Array | None = None) -> Array:
+    """Squeeze-and-excitation: x · excite(mean_t x), channel-wise (Hu et al., arXiv:1709.01507).
+
+    Args:
+      x: (B, T, C).
+      excite: maps the (B, C) time-average to (B, C) gates in [0, 1].
+      mask: (B, T) valid frames, or None.
+
+    Returns:
+      (B, T, C).
+    """
+    gates = excite(temporal_mean(x, mask))  # (B, C)
+    return x * gates[:, None, :]
+
+
+class Conv1dReluBn(nn.Module):
+    """conv → ReLU → bn (WeSpeaker's order, not conv → BN → ReLU). (B, T, C_in) → (B, T, features)."""
+
+    features: int
+    kernel_size: int = 1
+    dilation: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+        x = conv1d(self.features, self.kernel_size, self.dilation, self.dtype, "conv")(apply_mask(x, mask))
+        x = nn.relu(x)  # (B, T, features)
+        return BatchNorm(dtype=self.dtype, name="bn")(x, train=train, mask=mask)
+
+
+class Res2Conv1dReluBn(nn.Module):
+    """Res2 dilated conv: ``scale − 1`` chained conv→ReLU→BN branches of width C/scale.
+
+    Leaves ``convs_i`` and ``bns_i``. (B, T, C) → (B, T, C).
+    """
+
+    kernel_size: int = 3
+    dilation: int = 1
+    scale: int = 8
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+        channels = x.shape[-1]
+        if channels % self.scale:
+            raise ValueError(f"Res2 channels {channels} are not divisible by scale {self.scale}")
+        width = channels // self.scale
+
+        def branch(i: int, h: Array) -> Array:  # (B, T, width) → (B, T, width)
+            conv = conv1d(width, self.kernel_size, self.dilation, self.dtype, f"convs_{i}")
+            h = nn.relu(conv(apply_mask(h, mask)))
+            return BatchNorm(dtype=self.dtype, name=f"bns_{i}")(h, train=train, mask=mask)
+
+        return res2_cascade(x, branch, self.scale)
+
+
+class SEConnect(nn.Module):
+    """Squeeze-excitation with a ``bottleneck`` hidden layer: leaves ``linear1``, ``linear2``."""
+
+    bottleneck: int = 128
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
+        channels = x.shape[-1]
+        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=jnp.float32, name=name)  # noqa: E731
+
+        def excite(s: Array) -> Array:  # (B, C) → (B, C)
+            return nn.sigmoid(dense(channels, "linear2")(nn.relu(dense(self.bottleneck, "linear1")(s))))
+
+        return squeeze_excitation(x, excite, mask)
+
+
+class SERes2Block(nn.Module):
+    """x + SE(conv1x1(Res2(conv1x1(x)))), no activation after the sum. (B, T, C) → (B, T, C).
+
+    Leaves ``se_res2block_0`` … ``se_res2block_3`` after WeSpeaker's ``nn.Sequential``.
+    """
+
+    kernel_size: int = 3
+    dilation: int = 1
+    scale: int = 8
+    se_bottleneck: int = 128
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+        channels = x.shape[-1]
+        h = Conv1dReluBn(channels, 1, dtype=self.dtype, name="se_res2block_0")(x, train=train, mask=mask)
+        h = Res2Conv1dReluBn(self.kernel_size, self.dilation, self.scale, self.dtype, name="se_res2block_1")(
+            h, train=train, mask=mask
+        )
+        h = Conv1dReluBn(channels, 1, dtype=self.dtype, name="se_res2block_2")(h, train=train, mask=mask)
+        h = SEConnect(self.se_bottleneck, self.dtype, name="se_res2block_3")(h, mask=mask)
+        return x + h  # (B, T, C)
+
+
+# ----------------------------------------------------------------------------- the model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +184,7 @@ class EcapaConfig:
       channels: C, the width of the three SE-Res2 blocks (512 or 1024 in WeSpeaker).
       feat_dim: F, mel bins of the input features.
       embed_dim: E, size of the speaker embedding.
-      pooling: one of ``ecapa_jax.pooling.POOLINGS`` (WeSpeaker's ``pooling_func``).
+      pooling: one of ``ecapa_jax.models.pooling.POOLINGS`` (WeSpeaker's ``pooling_func``).
       global_context_att: ASTP attention sees [x, mean, std] (WeSpeaker's ``GLOB`` variants).
       emb_bn: BatchNorm on the embedding (``bn2``); WeSpeaker's default is off (DINO turns it on).
       mfa_dim: channels of the multi-layer feature aggregation conv (1536 in WeSpeaker).
@@ -112,7 +247,7 @@ class EcapaConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EcapaConfig:
-        return config_from_dict(cls, d)
+        return from_dict(cls, d)
 
 
 PRESETS = {
@@ -167,3 +302,16 @@ class ECAPA_TDNN(nn.Module):  # noqa: N801 - WeSpeaker's class name, kept for re
         if cfg.emb_bn:
             emb = BatchNorm(dtype=head_dtype, name="bn2")(emb, train=train)
         return emb, {"frame_features": frames, "out4": out4, "pooled": pooled}
+
+
+__all__ = [
+    "ECAPA_TDNN",
+    "PRESETS",
+    "Conv1dReluBn",
+    "EcapaConfig",
+    "Res2Conv1dReluBn",
+    "SEConnect",
+    "SERes2Block",
+    "res2_cascade",
+    "squeeze_excitation",
+]

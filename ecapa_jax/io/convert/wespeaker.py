@@ -23,7 +23,7 @@ A BatchNorm ``weight`` is told apart by its sibling ``running_mean``. The expect
 ``projection.*`` keys (the training head WeSpeaker saves with the model, e.g. ``projection.weight``
 (17982, 192) for VoxCeleb2) go to a separate ``projection`` pytree of Flax variables by the same rule,
 except that the margin heads' own 2-D ``weight`` (N, E) stays ``weight``, stored (E, N) as the heads in
-``ecapa_jax.heads`` use it.
+``ecapa_jax.training.heads`` use it.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ecapa_jax.checkpoint import load_model_dir, save_model_dir
-from ecapa_jax.convert.torchzip import load_state_dict, save_state_dict
-from ecapa_jax.model import ECAPA_TDNN, EcapaConfig
-from ecapa_jax.pooling import POOLINGS
+from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd
+from ecapa_jax.io.checkpoint import join_variables, load_model_dir, save_model_dir
+from ecapa_jax.io.torchzip import load_state_dict, save_state_dict
+from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
+from ecapa_jax.models.pooling import POOLINGS
 
 Location = tuple[str, ...]  # (collection, *module path, leaf)
 
@@ -188,7 +189,7 @@ def detect_config(state_dict: Mapping[str, Any], pooling: str | None = None) -> 
 
     Args:
       state_dict: ``{key: array}``; ``projection.*`` keys are ignored.
-      pooling: a key of ``ecapa_jax.pooling.POOLINGS`` to use instead of detecting it. Required for
+      pooling: a key of ``ecapa_jax.models.pooling.POOLINGS`` to use instead of detecting it. Required for
         TAP and TSDP, which have no parameters and the same output size.
 
     Returns:
@@ -418,7 +419,9 @@ def wespeaker_to_dir(
     overwrite: bool = False,
     use_torch: bool = False,
 ) -> tuple[EcapaConfig, dict[str, Any], dict[str, Any] | None]:
-    """Converts WeSpeaker's ``SRC.pt`` into the ecapa_jax model directory ``DST`` (see ``ecapa_jax.checkpoint``).
+    """Converts WeSpeaker's ``SRC.pt`` into the ecapa_jax model directory ``DST`` (see ``ecapa_jax.io.checkpoint``).
+
+    The directory records WeSpeaker's inference front-end (``KaldiFrontEnd``: 16 kHz, ``feat_dim`` bins).
 
     Args:
       src: a WeSpeaker checkpoint (``model_N.pt``, ``avg_model.pt``).
@@ -436,7 +439,8 @@ def wespeaker_to_dir(
     except ValueError as e:
         raise ValueError(f"{src}: {e}") from None
     metadata = {"source": str(Path(src).resolve()), "source_format": "wespeaker"}
-    save_model_dir(dst, config, variables, projection, metadata=metadata, overwrite=overwrite)
+    frontend = KaldiFrontEnd(FbankConfig.wespeaker(num_mel_bins=config.feat_dim))
+    save_model_dir(dst, config, join_variables(variables, projection), frontend, metadata, overwrite)
     return config, variables, projection
 
 
@@ -456,8 +460,10 @@ def dir_to_wespeaker(
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
-    config, variables, projection, _ = load_model_dir(src)
-    state_dict = to_wespeaker(config, variables, projection)
+    model = load_model_dir(src)
+    if not isinstance(model.config, EcapaConfig):
+        raise ValueError(f"{src} holds a {type(model.config).__name__} model, not WeSpeaker's ECAPA-TDNN")
+    state_dict = to_wespeaker(model.config, model.model_variables, model.projection)
     save_state_dict(dst, state_dict)
     return state_dict
 

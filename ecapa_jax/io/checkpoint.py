@@ -1,17 +1,31 @@
-"""Checkpoint I/O: pytrees through orbax, and the ecapa_jax model directory.
+"""Checkpoint I/O: pytrees through orbax, the ecapa_jax model directory, numbered training checkpoints.
+
+One variable layout serves the training state and model directories: the Flax collections at the top,
+the speaker model and its training head (the ``projection``, as WeSpeaker names it) below::
+
+    {"params":      {"model": {...}, "projection": {...}},
+     "batch_stats": {"model": {...}, "projection": {...}}}     # projection: absent without a head
+
+``join_variables`` builds it from the model's ``{'params', 'batch_stats'}`` and the head's variables,
+``split_variables`` takes it apart again; the trainer's state holds its ``params`` and ``batch_stats`` in
+this form, so a checkpoint becomes a model directory without any conversion.
 
 A model directory holds everything needed to rebuild an encoder::
 
-    DIR/config.json   {"format": "ecapa_jax.model_dir", "format_version": 1,
-                       "config": EcapaConfig.to_dict(), "metadata": {...}}
-    DIR/state/        orbax checkpoint of {"variables": {"params", "batch_stats"}, "projection"?: {...}}
+    DIR/config.json   {"format": "ecapa_jax.model_dir", "format_version": 2,
+                       "model": {"family": "ecapa", ...config fields},
+                       "frontend": {"type": "kaldi", ...front-end fields},
+                       "metadata": {...}}
+    DIR/state/        orbax checkpoint of the variables in the layout above
 
 Directories are written next to their destination and renamed into place, so a failure never leaves a
-half-written model directory behind.
+half-written model directory behind. Version 1 directories (ECAPA only, WeSpeaker's front-end, state
+``{"variables", "projection"}``) are still read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,12 +38,45 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ecapa_jax.model import EcapaConfig
+from ecapa_jax.frontend import frontend_from_dict, frontend_to_dict
+from ecapa_jax.frontend.kaldi import KaldiFrontEnd
+from ecapa_jax.io.files import read_json
+from ecapa_jax.models import model_config_from_dict, model_config_to_dict
 
 FORMAT = "ecapa_jax.model_dir"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 STATE_DIR = "state"
+
+
+# ----------------------------------------------------------------------------- the variable layout
+
+
+def join_variables(model: Mapping[str, Any], projection: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The shared layout (module docstring) of a model's ``{'params', 'batch_stats'}`` and its head's variables."""
+    tree = {"params": {"model": model["params"]}, "batch_stats": {"model": model.get("batch_stats", {})}}
+    if projection is not None:
+        tree["params"]["projection"] = projection["params"]
+        tree["batch_stats"]["projection"] = projection.get("batch_stats", {})
+    return tree
+
+
+def split_variables(tree: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(model variables {'params', 'batch_stats'}, head variables or None)`` of the shared layout.
+
+    The head's variables hold ``batch_stats`` only when it has some (the softmax head's BatchNorm).
+    """
+    params, stats = tree["params"], tree.get("batch_stats", {})
+    model = {"params": params["model"], "batch_stats": stats.get("model", {})}
+    if "projection" not in params:
+        return model, None
+    projection = {"params": params["projection"]}
+    if stats.get("projection"):
+        projection["batch_stats"] = stats["projection"]
+    return model, projection
+
+
+# ----------------------------------------------------------------------------- pytrees
 
 
 def save_pytree(path: str | os.PathLike, tree: Any) -> None:
@@ -49,6 +96,36 @@ def restore_pytree(path: str | os.PathLike) -> Any:
     return jax.tree.map(np.asarray, tree)
 
 
+# ----------------------------------------------------------------------------- model directories
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDir:
+    """What a model directory holds.
+
+    Attributes:
+      config: the model family's config (``ecapa_jax.models.FAMILIES``).
+      frontend: the front-end that computes its input features (``ecapa_jax.frontend.FRONTENDS``).
+      variables: the variables in the shared layout (module docstring), NumPy arrays.
+      metadata: JSON facts kept with the model (source checkpoint, training step, ...).
+    """
+
+    config: Any
+    frontend: Any
+    variables: dict[str, Any]
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def model_variables(self) -> dict[str, Any]:
+        """The model's ``{'params', 'batch_stats'}``."""
+        return split_variables(self.variables)[0]
+
+    @property
+    def projection(self) -> dict[str, Any] | None:
+        """The training head's variables, or None."""
+        return split_variables(self.variables)[1]
+
+
 def _is_model_dir(path: Path) -> bool:
     try:
         return json.loads((path / CONFIG_FILE).read_text()).get("format") == FORMAT
@@ -58,9 +135,9 @@ def _is_model_dir(path: Path) -> bool:
 
 def save_model_dir(
     dst: str | os.PathLike,
-    config: EcapaConfig,
+    config: Any,
     variables: Mapping[str, Any],
-    projection: Mapping[str, Any] | None = None,
+    frontend: Any,
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -68,9 +145,9 @@ def save_model_dir(
 
     Args:
       dst: the directory to create.
-      config: the architecture, stored as ``config.json``.
-      variables: ``{'params', 'batch_stats'}`` of ``ECAPA_TDNN(config)``.
-      projection: the training head's variables, or None.
+      config: the model family's config, stored in ``config.json``.
+      variables: the variables in the shared layout (``join_variables``).
+      frontend: the front-end of the model's features, stored in ``config.json``.
       metadata: JSON-serialisable facts to keep (e.g. the source checkpoint).
       overwrite: replace ``dst`` if it is an existing model directory (or empty). Anything else at
         ``dst`` is never replaced.
@@ -93,20 +170,20 @@ def save_model_dir(
             {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
-                "config": config.to_dict(),
+                "model": model_config_to_dict(config),
+                "frontend": frontend_to_dict(frontend),
                 "metadata": metadata or {},
             },
             indent=2,
         )
     except TypeError as e:
         raise ValueError(f"metadata for {dst} is not JSON-serialisable: {e}") from None
-    state = {"variables": variables} | ({"projection": projection} if projection is not None else {})
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(dst, ".tmp")
     tmp.mkdir()  # (not tempfile.mkdtemp, whose 0700 mode would stay with the result)
     try:
-        save_pytree(tmp / STATE_DIR, state)
+        save_pytree(tmp / STATE_DIR, dict(variables))
         (tmp / CONFIG_FILE).write_text(config_json + "\n")
         if dst.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside first
             old = _sibling(dst, ".old")
@@ -129,45 +206,54 @@ def _sibling(path: Path, suffix: str) -> Path:
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}"
 
 
-def load_model_dir(
-    path: str | os.PathLike,
-) -> tuple[EcapaConfig, dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
-    """Reads a model directory written by ``save_model_dir``.
+def _not_a_model_dir(path: Path) -> str:
+    """Why ``path`` is not a model directory, pointing at the one inside a training run."""
+    if path.is_file():
+        return (
+            f"{path} is a file, not an ecapa_jax model directory; convert a checkpoint first "
+            f"(e.g. `python -m ecapa_jax.convert wespeaker {path} DST_DIR`)"
+        )
+    if not path.exists():
+        return f"{path} is not an ecapa_jax model directory: no such directory"
+    if (path / "checkpoints").is_dir() or _is_model_dir(path / "model"):
+        inner = path / "model"
+        hint = f"its exported model is {inner}" if _is_model_dir(inner) else "export one with `python -m train.tools`"
+        return f"{path} is a training run directory, not a model directory; {hint}"
+    return f"{path} is not an ecapa_jax model directory: no {CONFIG_FILE} of format {FORMAT!r} in it"
 
-    Args:
-      path: the directory.
 
-    Returns:
-      ``(config, variables, projection, metadata)``; arrays are NumPy, ``projection`` is None when the
-      directory has none.
+def load_model_dir(path: str | os.PathLike) -> ModelDir:
+    """Reads a model directory written by ``save_model_dir`` (or a version 1 one).
 
     Raises:
-      FileNotFoundError: no directory, ``config.json`` or state at ``path``.
+      FileNotFoundError: not a model directory (what was found said: a file, a training run, ...).
       ValueError: an invalid ``config.json`` (named, with the reason).
     """
     path = Path(path)
-    if path.is_file():
-        raise FileNotFoundError(
-            f"{path} is a file, not an ecapa_jax model directory; convert a WeSpeaker checkpoint first with "
-            f"`python -m ecapa_jax.convert wespeaker {path} DST_DIR`"
-        )
     config_file = path / CONFIG_FILE
-    if not config_file.is_file():
-        what = "no such directory" if not path.exists() else f"no {CONFIG_FILE} in it"
-        raise FileNotFoundError(f"{path} is not an ecapa_jax model directory: {what}")
+    meta = read_json(config_file) if config_file.is_file() else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise FileNotFoundError(_not_a_model_dir(path))
+    version = meta.get("format_version")
     try:
-        meta = json.loads(config_file.read_text())
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"format {meta.get('format')!r} version {meta.get('format_version')!r}")
-        config = EcapaConfig.from_dict(meta["config"])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(
-            f"{config_file} is not a valid ecapa_jax model config ({FORMAT} v{FORMAT_VERSION}): {e}"
-        ) from e
+        if version == 1:  # ECAPA with WeSpeaker's front-end, state {"variables", "projection"}
+            config = model_config_from_dict({"family": "ecapa", **meta["config"]})
+            frontend = KaldiFrontEnd()
+        elif version == FORMAT_VERSION:
+            config = model_config_from_dict(meta["model"], "model.")
+            frontend = frontend_from_dict(meta["frontend"], "frontend.")
+        else:
+            raise ValueError(f"format version {version!r}; this ecapa_jax reads versions 1 and {FORMAT_VERSION}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{config_file} is not a valid ecapa_jax model config: {e}") from None
     if not (path / STATE_DIR).is_dir():
         raise FileNotFoundError(f"{path} is not a complete ecapa_jax model directory: {STATE_DIR}/ is missing")
     state = restore_pytree(path / STATE_DIR)
-    return config, state["variables"], state.get("projection"), meta.get("metadata", {})
+    variables = join_variables(state["variables"], state.get("projection")) if version == 1 else state
+    return ModelDir(config, frontend, variables, meta.get("metadata", {}))
+
+
+# ----------------------------------------------------------------------------- training checkpoints
 
 
 class CheckpointManager:
@@ -234,4 +320,13 @@ class CheckpointManager:
         self.close()
 
 
-__all__ = ["CheckpointManager", "load_model_dir", "restore_pytree", "save_model_dir", "save_pytree"]
+__all__ = [
+    "CheckpointManager",
+    "ModelDir",
+    "join_variables",
+    "load_model_dir",
+    "restore_pytree",
+    "save_model_dir",
+    "save_pytree",
+    "split_variables",
+]

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from ecapa_jax.io.files import text_lines
+
 _BINARY = b"\0B"
 _TOKENS = {b"FV ": np.dtype("<f4"), b"DV ": np.dtype("<f8")}
 _SPACE = re.compile(rb"\s*")
@@ -143,17 +145,16 @@ def read_wav_scp(path: str | os.PathLike) -> dict[str, str]:
 def _read_table(path: str | os.PathLike) -> Iterator[tuple[int, str, str]]:
     """(line number, key, rest of line) for each non-blank line of a Kaldi table (``scp``)."""
     seen = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.strip().split(maxsplit=1)
-            if not fields:
-                continue
-            if len(fields) < 2:
-                raise KaldiIOError(f"{path}:{lineno}: expected 'key value', got '{line.strip()}'")
-            if fields[0] in seen:
-                raise KaldiIOError(f"{path}:{lineno}: duplicate key {fields[0]!r}")
-            seen.add(fields[0])
-            yield lineno, fields[0], fields[1]
+    for lineno, line in text_lines(path):
+        fields = line.strip().split(maxsplit=1)
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise KaldiIOError(f"{path}:{lineno}: expected 'key value', got '{line.strip()}'")
+        if fields[0] in seen:
+            raise KaldiIOError(f"{path}:{lineno}: duplicate key {fields[0]!r}")
+        seen.add(fields[0])
+        yield lineno, fields[0], fields[1]
 
 
 def _read_bytes(path: str | os.PathLike) -> bytes:

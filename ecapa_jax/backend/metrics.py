@@ -14,23 +14,23 @@ makes, so tied scores produce the same operating points and the same numbers as 
 run on the same file. Inside a group of k tied scores those points are not reachable by any
 threshold; they move the EER by less than about k / min(N_tgt, N_non).
 
-CLI: ``python -m ecapa_jax.metrics scores.txt [more.txt ...]`` prints, per WeSpeaker score file
-(``enroll test score target|nontarget``), the header, EER (%) and minDCF as WeSpeaker's
-``bin/compute_metrics.py`` prints them.
+Its command line, ``python -m ecapa_jax.metrics scores.txt [more.txt ...]``, prints per WeSpeaker score file
+(``enroll test score target|nontarget``) the header, EER (%) and minDCF as WeSpeaker's
+``bin/compute_metrics.py`` prints them (``report``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 import numpy as np
+
+from ecapa_jax.io.files import text_lines
 
 LABELS = {"target": True, "nontarget": False}
 
 
-def _check_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+def check_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     """Validated (N,) float64 scores and (N,) bool labels (True = target)."""
     scores = np.asarray(scores, np.float64)
     labels = np.asarray(labels)
@@ -67,7 +67,7 @@ def det_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
       ValueError: empty input, mismatched shapes, NaN/inf scores, labels other than 0/1, or a
         single class.
     """
-    scores, labels = _check_trials(scores, labels)
+    scores, labels = check_trials(scores, labels)
     order = np.argsort(scores)  # the default kind, as WeSpeaker: same tie order, same numbers
     sorted_labels = labels[order]
     fnr = np.cumsum(sorted_labels) / np.count_nonzero(labels)
@@ -140,24 +140,23 @@ def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         not a finite number, or a label other than target/nontarget; or for an empty file.
     """
     scores, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{path}:{lineno}"
-            if len(fields) != 4:
-                raise ValueError(f"{where}: expected 'enroll test score target|nontarget', got {line.strip()!r}")
-            try:
-                score = float(fields[2])
-            except ValueError:
-                raise ValueError(f"{where}: score {fields[2]!r} is not a number") from None
-            if not np.isfinite(score):
-                raise ValueError(f"{where}: score {fields[2]!r} is not finite")
-            if fields[3] not in LABELS:
-                raise ValueError(f"{where}: label {fields[3]!r} is neither 'target' nor 'nontarget'")
-            scores.append(score)
-            labels.append(LABELS[fields[3]])
+    for lineno, line in text_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}:{lineno}"
+        if len(fields) != 4:
+            raise ValueError(f"{where}: expected 'enroll test score target|nontarget', got {line.strip()!r}")
+        try:
+            score = float(fields[2])
+        except ValueError:
+            raise ValueError(f"{where}: score {fields[2]!r} is not a number") from None
+        if not np.isfinite(score):
+            raise ValueError(f"{where}: score {fields[2]!r} is not finite")
+        if fields[3] not in LABELS:
+            raise ValueError(f"{where}: label {fields[3]!r} is neither 'target' nor 'nontarget'")
+        scores.append(score)
+        labels.append(LABELS[fields[3]])
     if not scores:
         raise ValueError(f"{path}: no trials")
     return np.array(scores, np.float64), np.array(labels, bool)
@@ -176,20 +175,3 @@ def report(path: str | os.PathLike, p_target: float = 0.01, c_miss: float = 1.0,
         f"EER = {100 * eer:.3f}\n"
         f"minDCF (p_target:{p_target:g} c_miss:{c_miss:g} c_fa:{c_fa:g}) = {min_dcf:.3f}"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ecapa_jax.metrics", description=__doc__.split("\n")[0])
-    parser.add_argument("scores", nargs="+", help="WeSpeaker score files: 'enroll test score target|nontarget'")
-    parser.add_argument("--p-target", type=float, default=0.01)
-    parser.add_argument("--c-miss", type=float, default=1.0)
-    parser.add_argument("--c-fa", type=float, default=1.0)
-    args = parser.parse_args(argv)
-    status = 0
-    for path in args.scores:
-        try:
-            print(report(path, args.p_target, args.c_miss, args.c_fa))
-        except (OSError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = 2
-    return status

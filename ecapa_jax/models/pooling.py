@@ -16,9 +16,9 @@ MQMHASTP   MHASTP per query, concatenated                        2C·query_num
 SAP        attention-weighted mean, one score per frame          C
 =========  ====================================================  =============
 
-The statistics are pure functions (``temporal_mean``, ``temporal_std``, ``attentive_statistics``)
-computed in at least float32 (``layers.stat_dtype``: float32 for bf16/fp32 compute, float64 for a
-float64 run). Every pooling takes an optional ``(B, T)`` mask of
+The statistics are pure functions (``ecapa_jax.stats.temporal_mean``/``temporal_std``, and here
+``attention_weights``, ``attentive_statistics``) computed in at least float32 (``stats.stat_dtype``:
+float32 for bf16/fp32 compute, float64 for a float64 run). Every pooling takes an optional ``(B, T)`` mask of
 valid frames, so a padded batch pools exactly like its unpadded utterances.
 
 Leaf names follow WeSpeaker (``linear1``, ``linear2``, ``heads_att_trans_0/att_1``, ``n_query_0``).
@@ -32,45 +32,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ecapa_jax.layers import stat_dtype, time_mean
+from ecapa_jax.stats import STD_EPS, stat_dtype, temporal_mean, temporal_std
 
 Array = jnp.ndarray
 Dtype = Any
 
-STD_EPS = 1e-7  # WeSpeaker since PR #103 (TSTP) / #133 (ASTP, MHASTP); 1e-8 / 1e-10 before.
-
-
 # ----------------------------------------------------------------------------- pure statistics
-
-
-def temporal_mean(x: Array, mask: Array | None = None) -> Array:
-    """mean_t x. x: (B, T, C); mask: (B, T) or None. Returns (B, C) in ``stat_dtype``."""
-    return time_mean(x.astype(stat_dtype(x.dtype)), mask)
-
-
-def temporal_std(x: Array, mask: Array | None = None, eps: float = STD_EPS) -> Array:
-    """sqrt(var_t x + eps) with the *unbiased* (N − 1) variance, as ``torch.var``.
-
-    A single frame has no unbiased variance (PyTorch returns NaN); here the divisor is clamped to
-    1, so one frame gives sqrt(eps) rather than NaN.
-
-    Args:
-      x: (B, T, C).
-      mask: (B, T) valid frames, or None.
-      eps: added to the variance before the square root.
-
-    Returns:
-      (B, C) in ``stat_dtype``.
-    """
-    x = x.astype(stat_dtype(x.dtype))
-    if mask is None:
-        m = jnp.ones(x.shape[:2] + (1,), x.dtype)
-    else:
-        m = mask[..., None].astype(x.dtype)
-    n = jnp.sum(m, axis=1)  # (B, 1)
-    mean = jnp.sum(x * m, axis=1, keepdims=True) / jnp.maximum(n[:, None], 1)
-    var = jnp.sum(jnp.square(x - mean) * m, axis=1) / jnp.maximum(n - 1, 1)
-    return jnp.sqrt(var + eps)
 
 
 def attention_weights(scores: Array, mask: Array | None = None) -> Array:

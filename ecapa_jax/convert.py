@@ -3,7 +3,8 @@
     python -m ecapa_jax.convert wespeaker SRC.pt DST_DIR [--overwrite] [--pooling NAME]
     python -m ecapa_jax.convert to-wespeaker DIR DST.pt [--overwrite]
 
-Expected failures (bad file, existing destination, ...) print one line to stderr and exit with 2.
+The converters themselves are ``ecapa_jax.io.convert``. Exit status (``ecapa_jax.cli``): 0, or 2 with one
+line on stderr for a bad file, an existing destination, ... (nothing written).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from ecapa_jax.convert.wespeaker import dir_to_wespeaker, wespeaker_to_dir
-from ecapa_jax.model import EcapaConfig
-from ecapa_jax.pooling import POOLINGS
+from ecapa_jax.cli import EXIT_OK, command
+from ecapa_jax.io.convert.wespeaker import dir_to_wespeaker, wespeaker_to_dir
+from ecapa_jax.models.ecapa import EcapaConfig
+from ecapa_jax.models.pooling import POOLINGS
 
 
 def describe(config: EcapaConfig, variables: Mapping[str, Any], projection: Mapping[str, Any] | None) -> str:
@@ -50,21 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "wespeaker":
-            config, variables, projection = wespeaker_to_dir(
-                args.src, args.dst, pooling=args.pooling, overwrite=args.overwrite
-            )
-            print(f"{args.src} → {args.dst}: {describe(config, variables, projection)}")
-        else:
-            state_dict = dir_to_wespeaker(args.src, args.dst, overwrite=args.overwrite)
-            print(f"{args.src} → {args.dst}: {len(state_dict)} tensors")
-    except (ValueError, OSError) as e:  # expected failures: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    if args.command == "wespeaker":
+        config, variables, projection = wespeaker_to_dir(
+            args.src, args.dst, pooling=args.pooling, overwrite=args.overwrite
+        )
+        print(f"{args.src} → {args.dst}: {describe(config, variables, projection)}")
+    else:
+        state_dict = dir_to_wespeaker(args.src, args.dst, overwrite=args.overwrite)
+        print(f"{args.src} → {args.dst}: {len(state_dict)} tensors")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -40,13 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecapa_jax.layers import apply_mask, time_mean
-from ecapa_jax.pooling import temporal_std
+from ecapa_jax.stats import STD_EPS, apply_mask, lengths_to_mask, temporal_mean, temporal_std
 
 Array = jnp.ndarray
 
 EPSILON = float(np.finfo(np.float32).eps)  # Kaldi's log floor: std::numeric_limits<float>::epsilon()
-CMVN_EPS = 1e-7  # WeSpeaker's apply_cmvn: x / sqrt(unbiased var + 1e-7)
 WINDOW_TYPES = ("hamming", "hanning", "povey", "rectangular", "blackman")
 
 
@@ -105,16 +103,23 @@ class FbankConfig:
     waveform_scale: float = 1.0
 
     @classmethod
-    def wespeaker(cls, sample_rate: int = 16000, dither: float = 0.0) -> FbankConfig:
-        """WeSpeaker's ``compute_fbank``: 80 bins, 25/10 ms, hamming, input × 32768.
+    def wespeaker(
+        cls,
+        sample_rate: int = 16000,
+        dither: float = 0.0,
+        num_mel_bins: int = 80,
+        frame_length: float = 25.0,
+        frame_shift: float = 10.0,
+    ) -> FbankConfig:
+        """WeSpeaker's ``compute_fbank`` (its recipes' ``fbank_args``): 80 bins, 25/10 ms, hamming, input × 32768.
 
         Dither is 1.0 in its training recipe and 0.0 at extraction/inference; everything not set here is
         torchaudio's default (pre-emphasis 0.97, DC removal, 512-point FFT, snip_edges, 20 Hz–Nyquist).
         """
         return cls(
-            num_mel_bins=80,
-            frame_length=25.0,
-            frame_shift=10.0,
+            num_mel_bins=num_mel_bins,
+            frame_length=frame_length,
+            frame_shift=frame_shift,
             sample_frequency=float(sample_rate),
             dither=dither,
             window_type="hamming",
@@ -389,12 +394,7 @@ def _fbank(waveforms: Array, lengths: Array, key: Array | None, cfg: FbankConfig
         feats = jnp.concatenate(parts, axis=-1)  # (B, T, M + 1)
 
     valid = num_frames(lengths, cfg).astype(jnp.int32)  # (B,)
-    return apply_mask(feats, _frame_mask(valid, feats.shape[1])), valid
-
-
-def _frame_mask(valid: Array, t: int) -> Array:
-    """(B, T) bool: frame index below each row's valid count."""
-    return jnp.arange(t)[None, :] < valid[:, None]
+    return apply_mask(feats, lengths_to_mask(valid, feats.shape[1])), valid
 
 
 # ----------------------------------------------------------------------------- CMN
@@ -417,12 +417,61 @@ def cmn(feats: Array, lengths: Array | None = None, norm_var: bool = False) -> A
     """
     if feats.ndim != 3:
         raise ValueError(f"cmn expects features of shape (B, T, F), got shape {feats.shape}")
-    mask = None if lengths is None else _frame_mask(lengths, feats.shape[1])
+    mask = None if lengths is None else lengths_to_mask(lengths, feats.shape[1])
     feats = feats.astype(jnp.float32)
-    feats = feats - time_mean(feats, mask)[:, None, :]
+    feats = feats - temporal_mean(feats, mask)[:, None, :]
     if norm_var:
-        feats = feats / temporal_std(feats, mask, CMVN_EPS)[:, None, :]
+        feats = feats / temporal_std(feats, mask, STD_EPS)[:, None, :]  # WeSpeaker's apply_cmvn epsilon
     return apply_mask(feats, mask)
+
+
+# ----------------------------------------------------------------------------- the front-end
+
+
+@dataclasses.dataclass(frozen=True)
+class KaldiFrontEnd:
+    """Waveforms → features as WeSpeaker (and 3D-Speaker) compute them: Kaldi fbank, then per-utterance CMN.
+
+    Attributes:
+      fbank: the fbank options (``FbankConfig.wespeaker()``: 80 bins, 25/10 ms, hamming, input × 32768).
+      norm_var: also normalise the variance (WeSpeaker's recipes normalise the mean only).
+    """
+
+    fbank: FbankConfig = FbankConfig.wespeaker()
+    norm_var: bool = False
+
+    def __call__(self, waveforms, lengths=None, *, key: Array | None = None) -> tuple[Array, Array]:
+        """``(feats (B, T, F), num_frames (B,))`` of (B, N) waveforms in [−1, 1]; see ``fbank`` and ``cmn``."""
+        feats, valid = fbank(waveforms, self.fbank, lengths, key=key)
+        return cmn(feats, valid, self.norm_var), valid
+
+    @property
+    def sample_rate(self) -> int:
+        """Hz of the waveforms it takes."""
+        return int(self.fbank.sample_frequency)
+
+    @property
+    def feature_dim(self) -> int:
+        """F."""
+        return self.fbank.feature_dim
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest waveform with one frame: one frame length."""
+        return self.fbank.window_size
+
+    def num_frames(self, n):
+        """Frames of ``n`` samples (see ``num_frames``)."""
+        return num_frames(n, self.fbank)
+
+    def max_samples(self, frames: int) -> int:
+        """The most samples that still give ``frames`` frames (the padded length of a bucket of ``frames``)."""
+        w, s = self.fbank.window_size, self.fbank.window_shift
+        return w + s * frames - 1 if self.fbank.snip_edges else (frames + 1) * s - s // 2 - 1
+
+    def with_dither(self, dither: float) -> KaldiFrontEnd:
+        """The same front-end with the fbank's dither set (WeSpeaker trains with 1.0, embeds with 0.0)."""
+        return dataclasses.replace(self, fbank=dataclasses.replace(self.fbank, dither=dither))
 
 
 def wespeaker_features(
@@ -440,5 +489,4 @@ def wespeaker_features(
     Returns:
       ``(feats (B, T, 80), num_frames (B,))``, frames past each row's count zeroed.
     """
-    feats, valid = fbank(waveforms, FbankConfig.wespeaker(sample_rate, dither), lengths, key=key)
-    return cmn(feats, valid), valid
+    return KaldiFrontEnd(FbankConfig.wespeaker(sample_rate, dither))(waveforms, lengths, key=key)

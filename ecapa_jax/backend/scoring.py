@@ -12,27 +12,23 @@ against a cohort (vox2_dev speaker means, mean-subtracted the same way), and
 Cohort statistics are computed once per utterance, in float64, in blocks of rows so that
 vox1-E/H-sized lists fit in memory. Letters: M trials, U utterances, K cohort, E embedding dim.
 
-CLI::
-
-    python -m ecapa_jax.score --embeddings emb.npz --trials TRIALS [--mean-from train.npz]
-                              [--cohort cohort.npz [--top-n 300]] --out scores.txt
-
-Embedding files are ``.npz`` (utterance id → 1-D vector), Kaldi ``.ark`` or ``.scp``. Trials are
-``enroll test [target|nontarget]`` per line; output lines are ``enroll test %.5f [label]``.
+Its command line is ``python -m ecapa_jax.score``. Embedding files are ``.npz`` (utterance id → 1-D
+vector), Kaldi ``.ark`` or ``.scp``. Trials are ``enroll test [target|nontarget]`` per line; output lines
+are ``enroll test %.5f [label]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from ecapa_jax import kaldi_io
-from ecapa_jax.metrics import LABELS
+from ecapa_jax.backend.metrics import LABELS
+from ecapa_jax.io import kaldi_io
+from ecapa_jax.io.files import text_lines
+from ecapa_jax.stats import l2_normalize
 
 BLOCK = 4096  # rows per block: a (4096, 6000) float64 cohort-score block is ~200 MB
 
@@ -57,23 +53,22 @@ class Trial(NamedTuple):
 # ----------------------------------------------------------------------------- scoring math
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """x / ‖x‖₂ row-wise. x: (N, E) → (N, E) float64. Zero rows raise ValueError."""
-    x = np.asarray(x, np.float64)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    if np.any(norm == 0):
-        raise ValueError(f"cannot L2-normalise zero vector(s) at rows {np.flatnonzero(norm[..., 0] == 0)[:5]}")
-    return x / norm
-
-
 def mean_normalize(embeddings: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """embeddings − mean, WeSpeaker's mean subtraction. embeddings: (N, E); mean: (E,). Returns float64."""
     return np.asarray(embeddings, np.float64) - np.asarray(mean, np.float64)
 
 
 def cosine_scores(enroll: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity ⟨e, t⟩ / (‖e‖‖t‖). enroll, test: (M, E). Returns (M,) float64."""
-    return np.einsum("me,me->m", l2_normalize(enroll), l2_normalize(test))
+    """Row-wise cosine similarity ⟨e, t⟩ / (‖e‖‖t‖) in float64. enroll, test: (M, E). Returns (M,).
+
+    A zero row scores 0 (``stats.l2_normalize`` leaves it zero); ``score_trials`` refuses zero embeddings
+    before scoring, naming them.
+    """
+    return np.einsum("me,me->m", _unit_rows(enroll), _unit_rows(test))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return l2_normalize(np.asarray(x, np.float64))
 
 
 def top_n_stats(cohort_scores: np.ndarray, top_n: int | None = None) -> CohortStats:
@@ -110,8 +105,8 @@ def cohort_stats(embeddings: np.ndarray, cohort: np.ndarray, top_n: int | None =
     Returns:
       CohortStats with mean (U,) and std (U,).
     """
-    cohort = l2_normalize(cohort)
-    stats = [top_n_stats(l2_normalize(embeddings[rows]) @ cohort.T, top_n) for rows in _blocks(len(embeddings))]
+    cohort = _unit_rows(cohort)
+    stats = [top_n_stats(_unit_rows(embeddings[rows]) @ cohort.T, top_n) for rows in _blocks(len(embeddings))]
     return CohortStats(*(np.concatenate(s) for s in zip(*stats, strict=True)))
 
 
@@ -242,14 +237,13 @@ def read_trials(path: str | os.PathLike) -> list[Trial]:
         label; or for a file without trials.
     """
     trials = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) not in (2, 3) or (len(fields) == 3 and fields[2] not in LABELS):
-                raise ValueError(f"{path}:{lineno}: expected 'enroll test [target|nontarget]', got {line.strip()!r}")
-            trials.append(Trial(fields[0], fields[1], fields[2] if len(fields) == 3 else None))
+    for lineno, line in text_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) not in (2, 3) or (len(fields) == 3 and fields[2] not in LABELS):
+            raise ValueError(f"{path}:{lineno}: expected 'enroll test [target|nontarget]', got {line.strip()!r}")
+        trials.append(Trial(fields[0], fields[1], fields[2] if len(fields) == 3 else None))
     if not trials:
         raise ValueError(f"{path}: no trials")
     return trials
@@ -261,42 +255,3 @@ def write_scores(path: str | os.PathLike, trials: Sequence[Trial], scores: np.nd
         for trial, score in zip(trials, scores, strict=True):
             label = "" if trial.label is None else f" {trial.label}"
             f.write(f"{trial.enroll} {trial.test} {score:.5f}{label}\n")
-
-
-def _check_dim(name: str, path: str, dim: int, expected: int, expected_from: str) -> None:
-    if dim != expected:
-        raise ValueError(f"{path}: {name} dimension {dim} does not match {expected} of {expected_from}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ecapa_jax.score", description=__doc__.split("\n")[0])
-    parser.add_argument("--embeddings", required=True, help="trial embeddings: .npz, .ark or .scp")
-    parser.add_argument("--trials", required=True, help="lines 'enroll test [target|nontarget]'")
-    parser.add_argument("--mean-from", help="subtract the mean of these embeddings (or this .npy vector)")
-    parser.add_argument("--cohort", help="AS-norm cohort embeddings (e.g. speaker means): .npz, .ark or .scp")
-    parser.add_argument("--top-n", type=int, help="AS-norm top-n (recipe: 300); default: whole cohort (S-norm)")
-    parser.add_argument("--out", required=True, help="score file to write")
-    args = parser.parse_args(argv)
-    if args.top_n is not None and args.cohort is None:
-        parser.error("--top-n needs --cohort")
-    try:
-        embeddings = load_embeddings(args.embeddings)
-        dim = len(next(iter(embeddings.values())))
-        mean = cohort = None
-        if args.mean_from:
-            mean = load_mean(args.mean_from)
-            _check_dim("mean", args.mean_from, len(mean), dim, args.embeddings)
-        if args.cohort:
-            cohort = np.stack(list(load_embeddings(args.cohort).values()))
-            _check_dim("cohort", args.cohort, cohort.shape[1], dim, args.embeddings)
-        trials = read_trials(args.trials)
-        try:
-            scores = score_trials(embeddings, trials, mean, cohort, args.top_n)
-        except ValueError as e:
-            raise ValueError(f"{args.trials} with {args.embeddings}: {e}") from None
-        write_scores(args.out, trials, scores)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{len(trials)} trials scored -> {args.out}")
-    return 0

@@ -1,0 +1,82 @@
+"""Layers shared by the model families, channels-last: PyTorch-semantics BatchNorm and Conv1d.
+
+Shape letters: B batch, T frames, C channels. ``mask`` arguments are ``(B, T)`` booleans marking the
+valid frames of a padded batch (``ecapa_jax.stats``); with a mask, BatchNorm's batch statistics count
+valid frames only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ecapa_jax.stats import moments, stat_dtype
+
+Array = jnp.ndarray
+Dtype = Any
+
+
+def batch_norm(x: Array, mean: Array, var: Array, scale: Array, bias: Array, eps: float) -> Array:
+    """y = (x - mean) / sqrt(var + eps) * scale + bias, broadcast over the last axis."""
+    inv = jnp.reciprocal(jnp.sqrt(var + eps)) * scale
+    return (x - mean) * inv + bias
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over all axes but the last, with PyTorch's ``BatchNorm1d`` semantics.
+
+    Train mode normalises with the biased batch variance and updates the running variance with
+    the *unbiased* one (as PyTorch does; Flax's own BatchNorm stores the biased one), with
+    ``running = (1 - momentum) · running + momentum · batch``. ``num_batches_tracked`` is kept so
+    that a converted checkpoint round-trips exactly. Statistics are at least float32 (``stat_dtype``)
+    in any compute dtype.
+    Under ``jit`` with a batch sharded over a ``('data',)`` mesh the batch moments are global
+    (synchronised BatchNorm), unlike PyTorch DDP's per-device statistics.
+
+    Leaves: params ``scale``, ``bias``; batch_stats ``mean``, ``var``, ``num_batches_tracked``.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+        """x: (..., C); mask: boolean of shape x.shape[:-1] or None. Returns x's shape."""
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        count = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
+        if train:
+            mean, var, n = moments(x, mask)
+            if not self.is_initializing():
+                m = self.momentum
+                unbiased = var * n / jnp.maximum(n - 1, 1)
+                ra_mean.value = (1 - m) * ra_mean.value + m * mean
+                ra_var.value = (1 - m) * ra_var.value + m * unbiased
+                count.value = count.value + 1
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = batch_norm(x.astype(stat_dtype(x.dtype)), mean, var, scale, bias, self.epsilon)
+        return y.astype(self.dtype)
+
+
+def conv1d(features: int, kernel: int, dilation: int, dtype: Dtype, name: str) -> nn.Conv:
+    """A PyTorch-style Conv1d (zero 'same' padding of dilation·(kernel−1)/2, bias) on (B, T, C)."""
+    pad = dilation * (kernel - 1) // 2
+    return nn.Conv(
+        features,
+        kernel_size=(kernel,),
+        kernel_dilation=(dilation,),
+        padding=[(pad, pad)],
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+__all__ = ["BatchNorm", "batch_norm", "conv1d"]
