@@ -2,21 +2,8 @@
 
 The Flax module paths are WeSpeaker's state_dict prefixes with list indices merged by ``_``
 (``layer2.se_res2block.1.convs.3`` ↔ ``layer2/se_res2block_1/convs_3``), so the conversion is this rule
-plus a leaf table:
-
-=============================  ===========================================  ==========================
-torch leaf                     flax leaf                                    value
-=============================  ===========================================  ==========================
-``weight`` of a Conv1d/Linear  params ``kernel``                            axes reversed: (O, I, K) →
-                                                                            (K, I, O), (O, I) → (I, O)
-``weight`` of a BatchNorm      params ``scale``                             as is
-``bias``                       params ``bias``                              as is
-``running_mean``/``_var``      batch_stats ``mean``/``var``                 as is
-``num_batches_tracked``        batch_stats ``num_batches_tracked``          int32 (int64 in torch)
-other (``pool.attention``)     params, same name                            as is
-=============================  ===========================================  ==========================
-
-A BatchNorm ``weight`` is told apart by its sibling ``running_mean``. The expected keys come from
+plus the leaf table of ``ecapa_jax.io.convert.common``. A BatchNorm ``weight`` (→ ``scale``) is told apart
+by its sibling ``running_mean``. The expected keys come from
 ``wespeaker_keys`` (WeSpeaker's registration order) and the expected shapes from the Flax template
 (``jax.eval_shape`` of ``init``), so every key lands on exactly one template leaf of the right shape.
 
@@ -36,27 +23,28 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd
 from ecapa_jax.io.checkpoint import join_variables, load_model_dir, save_model_dir
+from ecapa_jax.io.convert.common import (
+    Location,
+    check_leaves,
+    leaf_location,
+    listing,
+    module_path,
+    template,
+    to_flax,
+    to_torch,
+    torch_shape,
+)
 from ecapa_jax.io.torchzip import load_state_dict, save_state_dict
 from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
 from ecapa_jax.models.pooling import POOLINGS
 
-Location = tuple[str, ...]  # (collection, *module path, leaf)
-
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _AFFINE = ("weight", "bias")
-_LEAVES = {  # torch leaf → (collection, flax leaf), ``weight`` aside
-    "bias": ("params", "bias"),
-    "running_mean": ("batch_stats", "mean"),
-    "running_var": ("batch_stats", "var"),
-    "num_batches_tracked": ("batch_stats", "num_batches_tracked"),
-}
-_MAX_LISTED = 12  # keys named in an error message before "... and N more"
 
 
 # ----------------------------------------------------------------------------- keys and locations
@@ -115,44 +103,20 @@ def flax_location(key: str, keys: Sequence[str] | set[str]) -> Location:
     """Where the torch ``key`` lives in Flax variables: ``(collection, *module path, leaf)``.
 
     List indices merge into the preceding name (``convs.3`` → ``convs_3``); the leaf follows the table
-    in the module docstring. ``keys`` is the full key set, used to tell BatchNorm weights (which have a
-    ``running_mean`` sibling) from Conv/Linear weights.
+    of ``ecapa_jax.io.convert.common``. ``keys`` is the full key set, used to tell BatchNorm weights (which
+    have a ``running_mean`` sibling) from Conv/Linear weights.
     """
-    *modules, leaf = key.split(".")
-    path: list[str] = []
-    for part in modules:
-        if part.isdigit() and path:
-            path[-1] = f"{path[-1]}_{part}"
-        else:
-            path.append(part)
+    path, leaf = module_path(key)
     if leaf == "weight":
-        is_bn = ".".join([*modules, "running_mean"]) in keys
+        is_bn = key[: -len("weight")] + "running_mean" in keys
         return ("params", *path, "scale" if is_bn else "kernel")
-    collection, name = _LEAVES.get(leaf, ("params", leaf))
-    return (collection, *path, name)
-
-
-def _reverse_axes(x: np.ndarray) -> np.ndarray:
-    """Conv1d (O, I, K) ↔ Flax (K, I, O) and Linear (O, I) ↔ Dense (I, O); other ranks unchanged."""
-    return x.transpose(tuple(reversed(range(x.ndim)))) if x.ndim >= 2 else x
-
-
-def _torch_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    return tuple(reversed(shape)) if len(shape) >= 2 else tuple(shape)
-
-
-def _listing(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+    return leaf_location(path, leaf)
 
 
 @functools.lru_cache(maxsize=16)
 def _template(config: EcapaConfig) -> dict[Location, jax.ShapeDtypeStruct]:
     """Flat ``{location: ShapeDtypeStruct}`` of ``ECAPA_TDNN(config)``'s variables, without computing them."""
-    shapes = jax.eval_shape(
-        lambda: ECAPA_TDNN(config).init(jax.random.key(0), jnp.zeros((1, 8, config.feat_dim), jnp.float32))
-    )
-    return traverse_util.flatten_dict(shapes)
+    return template(ECAPA_TDNN(config), config.feat_dim)
 
 
 # ----------------------------------------------------------------------------- architecture detection
@@ -204,8 +168,8 @@ def detect_config(state_dict: Mapping[str, Any], pooling: str | None = None) -> 
         patterns = _ecapa_patterns()
         unmatched = [k for k in shapes if _pattern(k) not in patterns]
         raise ValueError(
-            f"not an ECAPA-TDNN checkpoint: unmatched keys [{_listing(unmatched)}]; "
-            f"missing or mis-shaped ECAPA keys [{_listing(bad_anchors)}]"
+            f"not an ECAPA-TDNN checkpoint: unmatched keys [{listing(unmatched)}]; "
+            f"missing or mis-shaped ECAPA keys [{listing(bad_anchors)}]"
         )
     channels, feat_dim, _ = shapes["layer1.conv.weight"]
     width = shapes["layer2.se_res2block.1.convs.0.weight"][0]
@@ -241,7 +205,7 @@ def _detect_pooling(shapes: Mapping[str, tuple[int, ...]], mfa_dim: int) -> str:
     if "pool.attention" in shapes:
         return "SAP"
     if pool_keys:
-        raise ValueError(f"unsupported pooling layer with keys [{_listing(pool_keys)}]; supported: {sorted(POOLINGS)}")
+        raise ValueError(f"unsupported pooling layer with keys [{listing(pool_keys)}]; supported: {sorted(POOLINGS)}")
     pooled = shapes["bn.weight"][0]
     if pooled == 2 * mfa_dim:
         return "TSTP"
@@ -287,18 +251,6 @@ def _pick_head(layouts: Sequence[dict], present: set, locate: Callable[[str, dic
 # ----------------------------------------------------------------------------- conversion
 
 
-def _to_flax(x: Any, loc: Location) -> np.ndarray:
-    x = _reverse_axes(np.asarray(x))
-    if loc[-1] == "num_batches_tracked":  # int64 in torch; averaged checkpoints hold a float
-        return np.rint(x.astype(np.float64)).astype(np.int32)
-    return x.astype(np.float32)
-
-
-def _to_torch(x: Any) -> np.ndarray:
-    x = _reverse_axes(np.asarray(x))
-    return np.asarray(x, np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32, order="C")
-
-
 def _convert_keys(
     state_dict: Mapping[str, Any], layout: Mapping[str, tuple[int, ...]], locate, prefix: str = ""
 ) -> tuple[dict[Location, np.ndarray], list[str]]:
@@ -311,7 +263,7 @@ def _convert_keys(
             problems.append(f"{prefix}{key} has shape {np.shape(state_dict[key])}, expected {want}")
         else:
             loc = locate(key)
-            flat[loc] = _to_flax(state_dict[key], loc)
+            flat[loc] = to_flax(state_dict[key], loc)
     problems += [f"{prefix}{k} is unexpected (shape {np.shape(v)})" for k, v in state_dict.items() if k not in layout]
     return flat, problems
 
@@ -340,7 +292,7 @@ def from_wespeaker(
     config = detect_config(encoder_sd, pooling)
     template = _template(config)
     keys = wespeaker_keys(config)
-    layout = {k: _torch_shape(template[flax_location(k, keys)].shape) for k in keys}
+    layout = {k: torch_shape(template[flax_location(k, keys)].shape) for k in keys}
     flat, problems = _convert_keys(encoder_sd, layout, lambda k: flax_location(k, keys))
 
     head = {}
@@ -363,16 +315,6 @@ def from_wespeaker(
     return config, traverse_util.unflatten_dict(flat), projection
 
 
-def _check_leaves(what: str, flat: Mapping[Location, Any], shapes: Mapping[Location, tuple[int, ...]]) -> list[str]:
-    problems = [f"{what} {'/'.join(loc)} missing (expected {s})" for loc, s in shapes.items() if loc not in flat]
-    problems += [
-        f"{what} {'/'.join(loc)} has shape {np.shape(flat[loc])}, expected {s}"
-        for loc, s in shapes.items()
-        if loc in flat and np.shape(flat[loc]) != s
-    ]
-    return problems + [f"{what} {'/'.join(loc)} is unexpected" for loc in flat if loc not in shapes]
-
-
 def to_wespeaker(
     config: EcapaConfig, variables: Mapping[str, Any], projection: Mapping[str, Any] | None = None
 ) -> dict[str, np.ndarray]:
@@ -392,20 +334,20 @@ def to_wespeaker(
       ValueError: variables missing, unexpected or of the wrong shape for ``config`` (all listed).
     """
     flat = traverse_util.flatten_dict(dict(variables))
-    problems = _check_leaves("variable", flat, {loc: t.shape for loc, t in _template(config).items()})
+    problems = check_leaves("variable", flat, {loc: t.shape for loc, t in _template(config).items()})
     head, head_layout = {}, {}
     if projection is not None:
         head = traverse_util.flatten_dict(dict(projection))
         kernel = head.get(("params", "weight"), head.get(("params", "trans_2", "kernel")))
         layouts = _head_layouts(np.shape(kernel)[-1] if np.ndim(kernel) == 2 else 0, config.embed_dim)
         head_layout = _pick_head(layouts, set(head), _head_location)
-        shapes = {_head_location(k, head_layout): _torch_shape(s) for k, s in head_layout.items()}
-        problems += _check_leaves("projection", head, shapes)
+        shapes = {_head_location(k, head_layout): torch_shape(s) for k, s in head_layout.items()}
+        problems += check_leaves("projection", head, shapes)
     if problems:
         raise ValueError(f"variables do not match {config.wespeaker_name}: {'; '.join(problems)}")
     keys = wespeaker_keys(config)
-    out = {k: _to_torch(flat[flax_location(k, keys)]) for k in keys}
-    return out | {f"projection.{k}": _to_torch(head[_head_location(k, head_layout)]) for k in head_layout}
+    out = {k: to_torch(flat[flax_location(k, keys)]) for k in keys}
+    return out | {f"projection.{k}": to_torch(head[_head_location(k, head_layout)]) for k in head_layout}
 
 
 # ----------------------------------------------------------------------------- files
