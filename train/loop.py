@@ -378,7 +378,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
         variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
         metadata = {"source": str(workdir.resolve()), "source_format": "ecapa_jax.train", "step": total, "eer": eer}
         save_model_dir(model_dir, config.model, variables, frontend, metadata, overwrite=True)
-        if isinstance(config.model, EcapaConfig):  # WeSpeaker's layout exists for its ECAPA only
+        if isinstance(config.model, EcapaConfig) and config.model.in_wespeaker:  # WeSpeaker's ECAPA only
             dir_to_wespeaker(model_dir, workdir / WESPEAKER_FILE, overwrite=True)
         if eer is not None:
             print(f"final held-out EER after {total} steps: {100 * eer:.2f}%")

@@ -17,6 +17,11 @@ Shape letters: B batch, T frames, F mel bins, C channels, E embedding size.
 The blocks run sequentially (no dense connections between them) and 1536 is fixed whatever C,
 as in WeSpeaker since PR #68.
 
+Light ECAPA (``separable_res2``, ``separable_layer1``): the k=3 dilated Res2 convs (and optionally the
+k=5 ``layer1`` conv) become depthwise-separable (``layers.SeparableConv1d``: a per-channel conv, then a
+1×1 conv), MobileNet's factorisation for small devices. Each such conv keeps its place and name
+(``convs_i`` holds ``depthwise`` and ``pointwise``); it has no WeSpeaker counterpart.
+
 Every module is named after the WeSpeaker checkpoint leaf it holds (``conv``, ``bn``, ``convs_3``,
 ``se_res2block_1``, ``linear1``), so the converter is a table: the PyTorch key
 ``layer2.se_res2block.1.convs.3.weight`` is the Flax leaf ``layer2/se_res2block_1/convs_3/kernel``.
@@ -37,7 +42,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ecapa_jax.config import from_dict
-from ecapa_jax.models.layers import BatchNorm, conv1d
+from ecapa_jax.models.layers import BatchNorm, SeparableConv1d, conv1d
 from ecapa_jax.models.pooling import POOLINGS, make_pooling
 from ecapa_jax.stats import apply_mask, stat_dtype, temporal_mean
 
@@ -91,6 +96,13 @@ def squeeze_excitation(x: Array, excite: Callable[[Array], Array], mask: Array |
     return x * gates[:, None, :]
 
 
+def _conv(features: int, kernel: int, dilation: int, separable: bool, dtype: Dtype, name: str) -> nn.Module:
+    """A Conv1d, or its depthwise-separable form (light ECAPA)."""
+    if separable:
+        return SeparableConv1d(features, kernel, dilation, dtype, name=name)
+    return conv1d(features, kernel, dilation, dtype, name)
+
+
 class Conv1dReluBn(nn.Module):
     """conv → ReLU → bn (WeSpeaker's order, not conv → BN → ReLU). (B, T, C_in) → (B, T, features)."""
 
@@ -98,10 +110,12 @@ class Conv1dReluBn(nn.Module):
     kernel_size: int = 1
     dilation: int = 1
     dtype: Dtype = jnp.float32
+    separable: bool = False
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
-        x = conv1d(self.features, self.kernel_size, self.dilation, self.dtype, "conv")(apply_mask(x, mask))
+        conv = _conv(self.features, self.kernel_size, self.dilation, self.separable, self.dtype, "conv")
+        x = conv(apply_mask(x, mask))
         x = nn.relu(x)  # (B, T, features)
         return BatchNorm(dtype=self.dtype, name="bn")(x, train=train, mask=mask)
 
@@ -109,13 +123,15 @@ class Conv1dReluBn(nn.Module):
 class Res2Conv1dReluBn(nn.Module):
     """Res2 dilated conv: ``scale − 1`` chained conv→ReLU→BN branches of width C/scale.
 
-    Leaves ``convs_i`` and ``bns_i``. (B, T, C) → (B, T, C).
+    Leaves ``convs_i`` and ``bns_i``; with ``separable``, each ``convs_i`` is depthwise-separable.
+    (B, T, C) → (B, T, C).
     """
 
     kernel_size: int = 3
     dilation: int = 1
     scale: int = 8
     dtype: Dtype = jnp.float32
+    separable: bool = False
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
@@ -125,7 +141,7 @@ class Res2Conv1dReluBn(nn.Module):
         width = channels // self.scale
 
         def branch(i: int, h: Array) -> Array:  # (B, T, width) → (B, T, width)
-            conv = conv1d(width, self.kernel_size, self.dilation, self.dtype, f"convs_{i}")
+            conv = _conv(width, self.kernel_size, self.dilation, self.separable, self.dtype, f"convs_{i}")
             h = nn.relu(conv(apply_mask(h, mask)))
             return BatchNorm(dtype=self.dtype, name=f"bns_{i}")(h, train=train, mask=mask)
 
@@ -160,14 +176,16 @@ class SERes2Block(nn.Module):
     scale: int = 8
     se_bottleneck: int = 128
     dtype: Dtype = jnp.float32
+    separable: bool = False
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
         channels = x.shape[-1]
         h = Conv1dReluBn(channels, 1, dtype=self.dtype, name="se_res2block_0")(x, train=train, mask=mask)
-        h = Res2Conv1dReluBn(self.kernel_size, self.dilation, self.scale, self.dtype, name="se_res2block_1")(
-            h, train=train, mask=mask
+        res2 = Res2Conv1dReluBn(
+            self.kernel_size, self.dilation, self.scale, self.dtype, self.separable, name="se_res2block_1"
         )
+        h = res2(h, train=train, mask=mask)
         h = Conv1dReluBn(channels, 1, dtype=self.dtype, name="se_res2block_2")(h, train=train, mask=mask)
         h = SEConnect(self.se_bottleneck, self.dtype, name="se_res2block_3")(h, mask=mask)
         return x + h  # (B, T, C)
@@ -192,6 +210,10 @@ class EcapaConfig:
       se_bottleneck: hidden width of the squeeze-excitation.
       dtype: compute dtype name ('float32', 'bfloat16'; 'float64' with x64 for oracle runs); parameters
         are stored in float32 and BN statistics, pooling and the embedding head run in at least float32.
+      separable_res2: light ECAPA: the k=3 dilated Res2 convs are depthwise-separable (K·W + W·W weights
+        per branch of width W instead of K·W·W); no WeSpeaker counterpart.
+      separable_layer1: light ECAPA: the k=5 ``layer1`` conv is depthwise-separable too (5·F + F·C weights
+        instead of 5·F·C).
     """
 
     channels: int = 512
@@ -204,6 +226,8 @@ class EcapaConfig:
     scale: int = 8
     se_bottleneck: int = 128
     dtype: str = "float32"
+    separable_res2: bool = False
+    separable_layer1: bool = False
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -228,11 +252,21 @@ class EcapaConfig:
         return cls(channels=1024, global_context_att=True, **overrides)
 
     @classmethod
+    def light_c512(cls, **overrides) -> EcapaConfig:
+        """GLOB_c512 with depthwise-separable Res2 convs (light ECAPA; ``layer1`` stays a full conv)."""
+        return cls(channels=512, global_context_att=True, separable_res2=True, **overrides)
+
+    @classmethod
     def preset(cls, name: str, **overrides) -> EcapaConfig:
-        """A preset by name: ``c512``, ``c1024``, ``glob_c512``, ``glob_c1024``."""
+        """A preset by name: ``c512``, ``c1024``, ``glob_c512``, ``glob_c1024``, ``light_c512``."""
         if name not in PRESETS:
             raise ValueError(f"unknown ECAPA preset {name!r}; expected one of {sorted(PRESETS)}")
         return PRESETS[name](**overrides)
+
+    @property
+    def in_wespeaker(self) -> bool:
+        """Whether WeSpeaker has this architecture (light ECAPA's separable convs it has not)."""
+        return not (self.separable_res2 or self.separable_layer1)
 
     @property
     def wespeaker_name(self) -> str:
@@ -255,6 +289,7 @@ PRESETS = {
     "c1024": EcapaConfig.c1024,
     "glob_c512": EcapaConfig.glob_c512,
     "glob_c1024": EcapaConfig.glob_c1024,
+    "light_c512": EcapaConfig.light_c512,
 }
 
 
@@ -284,9 +319,10 @@ class ECAPA_TDNN(nn.Module):  # noqa: N801 - WeSpeaker's class name, kept for re
         x = feats.astype(dtype)
 
         def block(dilation: int, name: str) -> SERes2Block:
-            return SERes2Block(3, dilation, cfg.scale, cfg.se_bottleneck, dtype, name=name)
+            return SERes2Block(3, dilation, cfg.scale, cfg.se_bottleneck, dtype, cfg.separable_res2, name=name)
 
-        out1 = Conv1dReluBn(cfg.channels, 5, dtype=dtype, name="layer1")(x, train=train, mask=mask)  # (B, T, C)
+        layer1 = Conv1dReluBn(cfg.channels, 5, dtype=dtype, separable=cfg.separable_layer1, name="layer1")
+        out1 = layer1(x, train=train, mask=mask)  # (B, T, C)
         out2 = block(2, "layer2")(out1, train=train, mask=mask)
         out3 = block(3, "layer3")(out2, train=train, mask=mask)
         out4 = block(4, "layer4")(out3, train=train, mask=mask)  # (B, T, C)

@@ -1,4 +1,5 @@
-"""Layers shared by the model families, channels-last: PyTorch-semantics BatchNorm and Conv1d.
+"""Layers shared by the model families, channels-last: PyTorch-semantics BatchNorm, Conv1d and its
+depthwise and depthwise-separable forms.
 
 Shape letters: B batch, T frames, C channels. ``mask`` arguments are ``(B, T)`` booleans marking the
 valid frames of a padded batch (``ecapa_jax.stats``); with a mask, BatchNorm's batch statistics count
@@ -79,4 +80,48 @@ def conv1d(features: int, kernel: int, dilation: int, dtype: Dtype, name: str) -
     )
 
 
-__all__ = ["BatchNorm", "batch_norm", "conv1d"]
+def depthwise_conv1d(
+    channels: int, kernel: int, dilation: int, dtype: Dtype, name: str, use_bias: bool = True
+) -> nn.Conv:
+    """A per-channel Conv1d (PyTorch's ``groups = channels``) with zero 'same' padding, (B, T, C) → (B, T, C).
+
+    Its kernel is (K, 1, C), one K-tap filter per channel (PyTorch's (C, 1, K) with the axes reversed):
+    K · C weights and T · K · C multiply-adds per sample instead of K · C² for a full convolution.
+    """
+    pad = dilation * (kernel - 1) // 2
+    return nn.Conv(
+        channels,
+        kernel_size=(kernel,),
+        kernel_dilation=(dilation,),
+        padding=[(pad, pad)],
+        feature_group_count=channels,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+class SeparableConv1d(nn.Module):
+    """Depthwise-separable Conv1d (MobileNet, Howard et al., arXiv:1704.04861): a per-channel K-tap conv,
+    then a 1×1 conv mixing the channels. (B, T, M) → (B, T, N).
+
+    It replaces a full K-tap conv (K · M · N weights) by K · M + M · N weights, and its multiply-adds
+    per frame likewise. The depthwise conv has no bias: a bias before the linear 1×1 conv would only add
+    a constant that the 1×1 conv's own bias already covers. So the biases (N) are as many as the full
+    conv's. Leaves ``depthwise`` (kernel (K, 1, M)) and ``pointwise`` (kernel (1, M, N), bias (N,)).
+    """
+
+    features: int
+    kernel_size: int
+    dilation: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        x = depthwise_conv1d(channels, self.kernel_size, self.dilation, self.dtype, "depthwise", use_bias=False)(x)
+        return conv1d(self.features, 1, 1, self.dtype, "pointwise")(x)  # (B, T, N)
+
+
+__all__ = ["BatchNorm", "SeparableConv1d", "batch_norm", "conv1d", "depthwise_conv1d"]

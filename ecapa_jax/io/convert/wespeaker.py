@@ -333,6 +333,8 @@ def to_wespeaker(
     Raises:
       ValueError: variables missing, unexpected or of the wrong shape for ``config`` (all listed).
     """
+    if not config.in_wespeaker:
+        raise ValueError(f"{config} is a light ECAPA (depthwise-separable convs): WeSpeaker has no such model")
     flat = traverse_util.flatten_dict(dict(variables))
     problems = check_leaves("variable", flat, {loc: t.shape for loc, t in _template(config).items()})
     head, head_layout = {}, {}
@@ -403,8 +405,9 @@ def dir_to_wespeaker(
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
     model = load_model_dir(src)
-    if not isinstance(model.config, EcapaConfig):
-        raise ValueError(f"{src} holds a {type(model.config).__name__} model, not WeSpeaker's ECAPA-TDNN")
+    if not isinstance(model.config, EcapaConfig) or not model.config.in_wespeaker:
+        what = type(model.config).__name__ if not isinstance(model.config, EcapaConfig) else "light ECAPA"
+        raise ValueError(f"{src} holds a {what} model, not WeSpeaker's ECAPA-TDNN")
     state_dict = to_wespeaker(model.config, model.model_variables, model.projection)
     save_state_dict(dst, state_dict)
     return state_dict
