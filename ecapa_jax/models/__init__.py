@@ -8,7 +8,10 @@ entry below (and a converter in ``ecapa_jax.io.convert`` for checkpoints from el
 
     layers.py    BatchNorm with PyTorch's semantics, Conv1d (shared by the families)
     pooling.py   the temporal pooling family (TAP ... MQMHASTP, SAP)
-    ecapa.py     ECAPA-TDNN (WeSpeaker's), its blocks and presets
+    ecapa.py     ECAPA-TDNN (WeSpeaker's), its blocks and presets (light ECAPA: depthwise-separable convs)
+    transformer.py  the Transformer speaker model (pre-net → encoder → pooling → embedding), PyTorch's
+                 TransformerEncoderLayer and MultiheadAttention
+    conformer.py torchaudio's Conformer layers and the Conformer speaker model
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from typing import Any
 import flax.linen as nn
 
 from ecapa_jax.config import from_tagged_dict, to_tagged_dict
+from ecapa_jax.models.conformer import ConformerConfig, SpeakerConformer
 from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
+from ecapa_jax.models.transformer import SpeakerTransformer, TransformerConfig
 
 FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
     "ecapa": (EcapaConfig, ECAPA_TDNN),
+    "transformer": (TransformerConfig, SpeakerTransformer),
+    "conformer": (ConformerConfig, SpeakerConformer),
 }
 _CONFIGS = {name: config for name, (config, _) in FAMILIES.items()}
 
