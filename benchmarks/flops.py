@@ -8,17 +8,18 @@ Two exact counts and one estimate:
   convolution kernel (K, I/groups, O) costs T · K · (I/groups) · O multiply-accumulates per sample (all
   convolutions are 'same'-padded, stride 1, so they keep T frames; a depthwise kernel (K, 1, C) costs
   T · K · C), a dense kernel (I, O) on a pooled vector costs I · O. ECAPA's nominal count.
-- ``traced_macs``, every matrix product and convolution of the traced eval forward pass (its jaxpr): the
-  count for models with attention, whose q·k and α·v products have no kernel and grow as T². For ECAPA
-  it is what runs: with global context the attention's mean/std rows of its first conv are applied once per
-  utterance rather than at every frame (~7 % below ``analytic_macs`` at 200 frames).
+- ``forward_macs`` (``ecapa_jax.models.costs``), every matrix product and convolution of the traced eval
+  forward pass (its jaxpr): the count for models with attention, whose q·k and α·v products have no kernel
+  and grow as T². For ECAPA it is what runs: with global context the attention's mean/std rows of its
+  first conv are applied once per utterance rather than at every frame (~7 % below ``analytic_macs`` at
+  200 frames).
 - XLA's cost analysis of the compiled forward pass (``xla_flops``): 2 FLOPs per multiply-accumulate plus
   the element-wise work (norms, activations, softmax, pooling statistics), so flops / 2 lies a little
-  above ``traced_macs``.
+  above ``forward_macs``.
 
 ``model_macs(config, frames)`` is the architecture's count of any family: ``analytic_macs`` for ECAPA
 (WeSpeaker's convention, which ``benchmarks.embed`` and ``benchmarks.train_step`` use as nominal FLOPs),
-``traced_macs`` for the families with attention.
+``forward_macs`` for the families with attention.
 
 MFU (model FLOPs utilisation) would be samples/s × 3 · 2 · MACs (forward + backward ≈ 3 forward
 passes) / the device's peak FLOP/s; it is only meaningful against an accelerator's published peak
@@ -28,7 +29,6 @@ and is not computed on CPU.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +38,7 @@ import numpy as np
 
 from ecapa_jax.models import build_model
 from ecapa_jax.models.conformer import ConformerConfig
+from ecapa_jax.models.costs import forward_macs, num_params
 from ecapa_jax.models.ecapa import EcapaConfig
 from ecapa_jax.models.transformer import TransformerConfig
 
@@ -62,44 +63,9 @@ def analytic_macs(params: dict, frames: int) -> int:
     return total
 
 
-def _jaxpr_macs(jaxpr) -> int:
-    """Multiply-accumulates of the dot_generals and convolutions of a jaxpr, its sub-jaxprs included."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name in ("scan", "while"):  # a loop body runs many times: counting it once would be wrong
-            raise NotImplementedError(f"traced_macs does not count loops ({name})")
-        out = eqn.outvars[0].aval.shape if eqn.outvars else ()
-        if name == "dot_general":
-            (contracting, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += math.prod(out) * math.prod(lhs[d] for d in contracting)
-        elif name == "conv_general_dilated":
-            rhs, spec = eqn.invars[1].aval.shape, eqn.params["dimension_numbers"].rhs_spec  # (O, I/groups, *K)
-            total += math.prod(out) * rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, tuple | list) else (value,):
-                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
-                if hasattr(inner, "eqns"):
-                    total += _jaxpr_macs(inner)
-    return total
-
-
-def traced_macs(fn: Callable, *args) -> int:
-    """Multiply-accumulates of every matrix product and convolution ``fn(*args)`` traces to (shapes only)."""
-    return _jaxpr_macs(jax.make_jaxpr(fn)(*args).jaxpr)
-
-
-def forward_macs(config: Any, frames: int) -> int:
-    """``traced_macs`` of one sample's eval forward pass at ``frames`` frames (nothing computed)."""
-    model = build_model(config)
-    feats = jax.ShapeDtypeStruct((1, frames, config.feat_dim), jnp.float32)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), feats)
-    return traced_macs(lambda v, x: model.apply(v, x, train=False)[0], shapes, feats)
-
-
 def model_macs(config: Any, frames: int) -> int:
-    """The architecture's MACs per sample at ``frames`` frames: ``analytic_macs`` for ECAPA, else ``forward_macs``."""
+    """The architecture's MACs per sample at ``frames`` frames: ``analytic_macs`` for ECAPA, else
+    ``forward_macs``."""
     if not isinstance(config, EcapaConfig):
         return forward_macs(config, frames)
     feats = jax.ShapeDtypeStruct((1, frames, config.feat_dim), jnp.float32)
@@ -134,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, tuple[int, float]]:
             config = config.replace(channels=args.channels)
         model = build_model(config)
         variables = model.init(jax.random.key(0), jnp.zeros((1, args.frames, config.feat_dim), jnp.float32))
-        params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+        params = num_params(variables["params"])
         macs = model_macs(config, args.frames)
         xla_macs = xla_flops(model, variables, args.frames) / 2
         out[name] = (macs, xla_macs)

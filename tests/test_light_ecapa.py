@@ -1,6 +1,7 @@
 """Light ECAPA (depthwise-separable convs): parameter and MAC counts against MobileNet's formula, the
 separable conv against a NumPy loop, padded batches, symbolic export, no WeSpeaker export; and the MAC
-counter (``benchmarks.flops``) against hand-written formulas for ECAPA, the Transformer and the Conformer."""
+counter (``ecapa_jax.models.costs``, ``benchmarks.flops``) against hand-written formulas for ECAPA, the
+Transformer and the Conformer."""
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from benchmarks import flops
 from ecapa_jax.io.convert.wespeaker import to_wespeaker
 from ecapa_jax.models import build_model
 from ecapa_jax.models.conformer import ConformerConfig
+from ecapa_jax.models.costs import forward_macs, num_params
 from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
 from ecapa_jax.models.layers import SeparableConv1d
 from ecapa_jax.models.transformer import TransformerConfig
@@ -21,7 +23,7 @@ TOL = 1e-5
 
 def _params(cfg) -> int:
     shapes = jax.eval_shape(lambda: build_model(cfg).init(jax.random.key(0), jnp.zeros((1, 8, cfg.feat_dim))))
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+    return num_params(shapes["params"])
 
 
 def _savings(cfg: EcapaConfig) -> int:
@@ -42,7 +44,7 @@ def test_parameters_and_macs_follow_the_formula(preset, layer1):
     assert _params(light) == _params(full) - saved
     t = 200
     assert flops.model_macs(light, t) == flops.model_macs(full, t) - t * saved
-    assert flops.forward_macs(light, t) == flops.forward_macs(full, t) - t * saved  # what runs saves as much
+    assert forward_macs(light, t) == forward_macs(full, t) - t * saved  # what runs saves as much
 
 
 def test_light_c512_numbers():
@@ -121,7 +123,7 @@ def test_traced_count_of_ecapa_is_the_executed_formula():
     analytic = t * 5 * f * c + 3 * block + t * 3 * c * m + t * 3 * m * a + t * a * m + 2 * m * e
     cfg = EcapaConfig.glob_c512().replace(channels=c)
     assert flops.model_macs(cfg, t) == analytic
-    assert flops.forward_macs(cfg, t) == analytic - t * 2 * m * a + 2 * m * a
+    assert forward_macs(cfg, t) == analytic - t * 2 * m * a + 2 * m * a
 
 
 @pytest.mark.parametrize("t", [20, 200])

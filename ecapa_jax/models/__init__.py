@@ -12,6 +12,7 @@ entry below (and a converter in ``ecapa_jax.io.convert`` for checkpoints from el
     transformer.py  the Transformer speaker model (pre-net → encoder → pooling → embedding), PyTorch's
                  TransformerEncoderLayer and MultiheadAttention
     conformer.py torchaudio's Conformer layers and the Conformer speaker model
+    costs.py     parameters and multiply-accumulates of any family (counted from the traced forward pass)
 """
 
 from __future__ import annotations
