@@ -140,6 +140,9 @@ class TrainConfig:
         for name in ("steps_per_epoch", "checkpoint_interval", "eval_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_frames = getattr(self.model, "check_frames", None)  # a model whose kernels need long enough chunks
+        if check_frames is not None:
+            check_frames(self.data.num_frms, "data.num_frms")
         if bool(self.eval_data) != bool(self.eval_trials):
             raise ValueError("eval_data and eval_trials go together: give both or neither")
 

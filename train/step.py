@@ -88,6 +88,7 @@ def make_train_step(
     def train_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(rng, state.step)
         k_dither, k_spec = jax.random.split(rng)
+        k_dropout = jax.random.fold_in(rng, 2)  # for models with dropout; the two keys above stay as they were
         feats, _ = frontend(batch["wav"], key=k_dither)  # (B, T, F)
         if spec_augment is not None:
             feats = spec_augment(feats, k_spec)
@@ -100,6 +101,7 @@ def make_train_step(
                 feats,
                 train=True,
                 mutable=["batch_stats"],
+                rngs={"dropout": k_dropout},
             )
             head_vars = {"params": params["projection"]}
             if state.batch_stats["projection"]:

@@ -202,6 +202,15 @@ class ConformerConfig:
                 f"ConformerConfig.depthwise_conv_kernel_size must be odd and >= 1 ('same' padding), got {k}"
             )
 
+    def check_frames(self, frames: int, where: str) -> None:
+        """Raises a ValueError naming both fields when inputs of ``frames`` frames (named ``where``) are shorter
+        than the depthwise kernel: zero padding would then fill most of every window."""
+        if self.depthwise_conv_kernel_size > frames:
+            raise ValueError(
+                f"model.depthwise_conv_kernel_size={self.depthwise_conv_kernel_size} is larger than the input: "
+                f"{where}={frames} frames"
+            )
+
     @classmethod
     def strong(cls, **overrides) -> ConformerConfig:
         """The "strong" baseline: the medium Transformer's sizes (d_model 120, 4 layers, 4 heads, feed-forward
