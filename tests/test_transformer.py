@@ -127,7 +127,7 @@ def test_attention_of_one_key_is_its_value():
 
 
 def _torch_speaker(config, encoder, pool, pooled_dim):
-    """The PyTorch composition the converter reads: prenet → encoder → pool (on (B, C, T)) → linear."""
+    """The PyTorch composition the converter reads: prenet → encoder → pool (on (B, C, T)) → [bn →] linear."""
     torch = oracles.torch()
 
     class Speaker(torch.nn.Module):
@@ -136,6 +136,7 @@ def _torch_speaker(config, encoder, pool, pooled_dim):
             self.prenet = torch.nn.Linear(config.feat_dim, config.d_model)
             self.encoder = encoder
             self.pool = pool
+            self.bn = torch.nn.BatchNorm1d(pooled_dim) if config.pooled_bn else torch.nn.Identity()
             self.linear = torch.nn.Linear(pooled_dim, config.embed_dim)
 
         def forward(self, feats):  # (1, T, F): one whole utterance
@@ -144,7 +145,7 @@ def _torch_speaker(config, encoder, pool, pooled_dim):
                 h = self.encoder(h)
             else:  # torchaudio's Conformer takes the lengths
                 h = self.encoder(h, torch.tensor([h.shape[1]]))[0]
-            return self.linear(self.pool(h.transpose(1, 2)))
+            return self.linear(self.bn(self.pool(h.transpose(1, 2))))
 
     return Speaker()
 
@@ -169,7 +170,7 @@ def _torch_sap(channels, bottleneck):
 TRANSFORMER = TransformerConfig(feat_dim=F, d_model=D, num_layers=2, num_heads=H, ff_dim=FF, embed_dim=12)
 CONFORMER = ConformerConfig(feat_dim=F, d_model=D, num_layers=2, num_heads=H, ff_dim=FF, embed_dim=12)
 SPEAKER_MODELS = {
-    "transformer-TAP": TRANSFORMER,
+    "transformer-TAP-no-bn": TRANSFORMER.replace(pooled_bn=False),
     "transformer-ASTP-prenorm-gelu": TRANSFORMER.replace(pooling="ASTP", norm_first=True, activation="gelu"),
     "conformer-TSTP": CONFORMER.replace(pooling="TSTP", depthwise_conv_kernel_size=5),
     "conformer-SAP": CONFORMER.replace(pooling="SAP", depthwise_conv_kernel_size=9),
@@ -251,7 +252,7 @@ def test_export_with_symbolic_batch_and_time(cfg):
 
 
 def test_dropout_acts_only_in_training():
-    model = build_model(TRANSFORMER.replace(dropout=0.5))
+    model = build_model(TRANSFORMER.replace(dropout=0.5, pooled_bn=False))  # no BN: train mode differs by dropout only
     x, _ = _padded(width=F, garbage=False)
     variables = model.init(jax.random.key(0), x)
     apply = jax.jit(
@@ -261,7 +262,7 @@ def test_dropout_acts_only_in_training():
     train_a, train_b = apply(jax.random.key(1), True), apply(jax.random.key(2), True)
     np.testing.assert_array_equal(eval_a, eval_b)
     assert float(jnp.abs(train_a - train_b).max()) > 1e-2 and float(jnp.abs(train_a - eval_a).max()) > 1e-2
-    no_dropout = build_model(TRANSFORMER.replace(dropout=0.0))  # same leaves, dropout off: train == eval
+    no_dropout = build_model(TRANSFORMER.replace(dropout=0.0, pooled_bn=False))  # same leaves: train == eval
     np.testing.assert_allclose(no_dropout.apply(variables, x, train=True)[0], eval_a, atol=TOL, rtol=0)
 
 

@@ -178,6 +178,7 @@ class ConformerConfig:
         active in training only.
       convolution_first: the convolution module before the attention (torchaudio's option).
       pooling: one of ``ecapa_jax.models.pooling.POOLINGS`` (SAP: the "boss" set-up).
+      pooled_bn: BatchNorm on the pooled vector before the embedding layer (``transformer.py`` says why).
       embed_dim: E, size of the speaker embedding.
       dtype: compute dtype name ('float32', 'bfloat16'); parameters stay float32.
     """
@@ -191,6 +192,7 @@ class ConformerConfig:
     dropout: float = 0.1
     convolution_first: bool = False
     pooling: str = "TAP"
+    pooled_bn: bool = True
     embed_dim: int = 120
     dtype: str = "float32"
 

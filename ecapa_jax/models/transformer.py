@@ -8,9 +8,15 @@ width of a head, E embedding size.
       encoder   ``num_layers`` × TransformerEncoderLayer            (B, T, D)
                 (or Conformer layers: ``ecapa_jax.models.conformer``)
       pool      any pooling of ``ecapa_jax.models.pooling``        (B, P)
+      bn        BatchNorm, if ``pooled_bn`` (as ECAPA's ``bn``)       (B, P)
       linear    dense P → E: the speaker embedding                  (B, E)
 
 The margin head that trains it is the trainer's ``projection`` (``ecapa_jax.training.heads``), as for ECAPA.
+The BatchNorm on the pooled vector (``pooled_bn``, ECAPA's ``bn``) centres the pooled vectors over the batch:
+without it every utterance's embedding shares a large common direction at initialisation (mean cosine 0.7–0.9
+between utterances of different demo speakers; ≈ 0 with it), which slows a cosine head (AM-, AAM-softmax)
+down: 82 % instead of 92 % training accuracy after 60 steps of the Conformer with AM-softmax on 20 demo
+speakers. The baselines this follows, trained with a plain softmax classifier, had none (``pooled_bn=False``).
 The escalating baselines of the issue are the presets: ``TransformerConfig.simple()`` (d_model 80,
 feed-forward 256, 2 heads, one layer, mean pooling) and ``TransformerConfig.medium()`` (d_model 120, 4 layers,
 4 heads); ``ConformerConfig.strong()`` and ``.boss()`` (self-attentive pooling, trained with AM-softmax)
@@ -41,6 +47,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ecapa_jax.config import from_dict
+from ecapa_jax.models.layers import BatchNorm
 from ecapa_jax.models.pooling import POOLINGS, make_pooling
 from ecapa_jax.stats import stat_dtype
 
@@ -213,6 +220,8 @@ class TransformerConfig:
       activation: 'relu' or 'gelu' (exact) in the feed-forward network.
       norm_first: pre-norm layers (PyTorch's ``norm_first=True``); default post-norm.
       pooling: one of ``ecapa_jax.models.pooling.POOLINGS`` (TAP: the baselines' mean over time).
+      pooled_bn: BatchNorm on the pooled vector before the embedding layer (ECAPA's ``bn``); see the module
+        docstring for why it is on by default.
       embed_dim: E, size of the speaker embedding (the first Linear of the baselines' classifier).
       dtype: compute dtype name ('float32', 'bfloat16'); parameters stay float32, attention softmax and
         pooling statistics run in at least float32.
@@ -227,6 +236,7 @@ class TransformerConfig:
     activation: str = "relu"
     norm_first: bool = False
     pooling: str = "TAP"
+    pooled_bn: bool = True
     embed_dim: int = 80
     dtype: str = "float32"
 
@@ -269,10 +279,10 @@ class TransformerConfig:
 
 
 class SpeakerTransformer(nn.Module):
-    """Pre-net → encoder → pooling → embedding. ``(B, T, F) → (B, E)``.
+    """Pre-net → encoder → pooling → (BatchNorm →) embedding. ``(B, T, F) → (B, E)``.
 
     The config's ``encoder`` method builds the encoder, so the same module serves the Transformer and the
-    Conformer families. Leaves ``prenet``, ``encoder``, ``pool``, ``linear``.
+    Conformer families. Leaves ``prenet``, ``encoder``, ``pool``, ``bn`` (with ``pooled_bn``), ``linear``.
 
     Returns:
       ``(embedding (B, E) float32, out)`` with ``out['frame_features']`` (B, T, D), the encoder's output,
@@ -294,7 +304,8 @@ class SpeakerTransformer(nn.Module):
         frames = cfg.encoder(dtype, "encoder")(x, train=train, mask=mask)  # (B, T, D)
         pooled = make_pooling(cfg.pooling, dtype=dtype, name="pool")(frames, mask)  # (B, P)
         head_dtype = stat_dtype(dtype)
-        emb = nn.Dense(cfg.embed_dim, dtype=head_dtype, param_dtype=jnp.float32, name="linear")(pooled)  # (B, E)
+        x = BatchNorm(dtype=head_dtype, name="bn")(pooled, train=train) if cfg.pooled_bn else pooled
+        emb = nn.Dense(cfg.embed_dim, dtype=head_dtype, param_dtype=jnp.float32, name="linear")(x)  # (B, E)
         return emb, {"frame_features": frames, "pooled": pooled}
 
 

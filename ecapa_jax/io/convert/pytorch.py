@@ -20,7 +20,8 @@ Examples of the whole key (the rest of the rule merges list indices: ``layers.0`
 sequential_3/var`` (a ``Conformer``). A speaker model (``SpeakerTransformer``/``SpeakerConformer``) is the
 state_dict of a PyTorch module with the children ``prenet`` (``nn.Linear``), ``encoder``
 (``nn.TransformerEncoder`` or ``torchaudio.models.Conformer``), ``pool`` (WeSpeaker's pooling layers, or our
-SAP: ``pool.linear`` + ``pool.attention``) and ``linear`` (``nn.Linear``).
+SAP: ``pool.linear`` + ``pool.attention``), ``bn`` (``nn.BatchNorm1d``, with ``pooled_bn``) and ``linear``
+(``nn.Linear``).
 
 Every key must land on a leaf of the Flax template with the right shape and every leaf must be filled;
 anything else is one error listing the offending keys and leaves.
@@ -82,7 +83,7 @@ def module_from_torch(state_dict: Mapping[str, Any], module: nn.Module, feat_dim
 def from_torch(config: Any, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """The variables of a Transformer or Conformer speaker model (``config``) from a PyTorch state_dict.
 
-    The PyTorch model has the children ``prenet``, ``encoder``, ``pool`` and ``linear`` (module docstring).
+    The PyTorch model has the children ``prenet``, ``encoder``, ``pool``, ``bn`` and ``linear`` (module docstring).
     Raises ValueError as ``module_from_torch``.
     """
     return module_from_torch(state_dict, build_model(config), config.feat_dim)
