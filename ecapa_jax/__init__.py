@@ -3,7 +3,8 @@
 The package follows the pipeline, front to back (each module documents its own):
 
   frontend/   audio files → waveforms → features: load_audio, resample, Kaldi fbank + CMN (KaldiFrontEnd)
-  models/     features → embeddings: shared layers, the pooling family, ECAPA-TDNN (FAMILIES)
+  models/     features → embeddings: shared layers, the pooling family, ECAPA-TDNN (and light ECAPA), the
+              Transformer and Conformer speaker models (FAMILIES), parameter/MAC counts
   training/   embeddings → loss: margin heads, learning-rate and margin schedules
   backend/    embeddings → scores → EER/minDCF, plots
   io/         model directories and checkpoints, Kaldi tables, torch-free .pt files, converters
@@ -20,7 +21,9 @@ from ecapa_jax.encoder import Encoder, load
 from ecapa_jax.frontend.audio import AudioError, load_audio, resample
 from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd, cmn, fbank, num_frames, wespeaker_features
 from ecapa_jax.models import FAMILIES, build_model
+from ecapa_jax.models.conformer import ConformerConfig, SpeakerConformer
 from ecapa_jax.models.ecapa import ECAPA_TDNN, PRESETS, EcapaConfig
+from ecapa_jax.models.transformer import SpeakerTransformer, TransformerConfig
 from ecapa_jax.training.heads import HEADS, HeadConfig, make_head, margin_loss
 from ecapa_jax.training.schedules import exponential_decrease, margin_schedule
 
@@ -30,11 +33,15 @@ __all__ = [
     "HEADS",
     "PRESETS",
     "AudioError",
+    "ConformerConfig",
     "EcapaConfig",
     "Encoder",
     "FbankConfig",
     "HeadConfig",
     "KaldiFrontEnd",
+    "SpeakerConformer",
+    "SpeakerTransformer",
+    "TransformerConfig",
     "as_norm",
     "build_model",
     "cmn",
