@@ -30,9 +30,14 @@ NEEDS = {
     "01_quickstart.ipynb": ("nbclient", "matplotlib", "torch", "torchaudio", "wespeaker"),
     "02_train_demo.ipynb": ("nbclient", "matplotlib"),
     "03_pooling.ipynb": ("nbclient", "matplotlib"),
+    "05_model_zoo.ipynb": ("nbclient", "matplotlib"),
 }
 # Environment of the kernel: 02 trains the demo preset for this many epochs instead of its 12 (4–6 min).
-ENV = {"02_train_demo.ipynb": {"ECAPA_NB_EPOCHS": "3"}}
+# 05 trains each of its four presets for one epoch of 3 steps and evaluates on 5 held-out speakers (a smoke run).
+ENV = {
+    "02_train_demo.ipynb": {"ECAPA_NB_EPOCHS": "3"},
+    "05_model_zoo.ipynb": {"ZOO_NB_EPOCHS": "1", "ZOO_NB_SMOKE": "1"},
+}
 
 
 def test_every_notebook_is_listed():
@@ -68,6 +73,12 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     if name == "02_train_demo.ipynb":  # the kernel saw the short run: the run's own config records it
         config = json.loads((tmp_path / "runs" / "demo_nb" / "config.json").read_text())
         assert config["num_epochs"] == int(ENV[name]["ECAPA_NB_EPOCHS"]), config["num_epochs"]
+    if name == "05_model_zoo.ipynb":  # each preset ran, shortened, and exported its model
+        for preset in ("demo", "demo_light", "demo_transformer", "demo_conformer"):
+            run = tmp_path / "runs" / "zoo_nb" / preset
+            config = json.loads((run / "config.json").read_text())
+            assert (config["num_epochs"], config["steps_per_epoch"]) == (1, 3), (preset, config["num_epochs"])
+            assert (run / "model" / "config.json").is_file()
 
 
 # ----------------------------------------------------------------------------- ecapa_jax.backend.plotting
