@@ -248,6 +248,18 @@ def test_export_with_symbolic_batch_and_time(cfg):
     np.testing.assert_allclose(np.asarray(exported.call(x, lengths)), np.asarray(embed(x, lengths)), atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("cfg", [TRANSFORMER, CONFORMER.replace(pooling="SAP")], ids=["transformer", "conformer"])
+def test_bfloat16_compute_stays_close_to_float32(cfg):
+    """Same float32 parameters, bf16 compute (softmax, norms' statistics and pooling in float32): cosine ≥ 0.999."""
+    x, mask = _padded(SPEAKER_LENGTHS, width=F, seed=6)
+    variables = build_model(cfg).init(jax.random.key(0), x)
+    full = build_model(cfg).apply(variables, x, mask=mask)[0]
+    half = build_model(cfg.replace(dtype="bfloat16")).apply(variables, x, mask=mask)[0]
+    assert half.dtype == jnp.float32  # the embedding head runs in float32
+    cosine = jnp.sum(full * half, -1) / (jnp.linalg.norm(full, axis=-1) * jnp.linalg.norm(half, axis=-1))
+    assert float(cosine.min()) >= 0.999, cosine
+
+
 # ----------------------------------------------------------------------------- training mode
 
 
