@@ -3,6 +3,7 @@ separable conv against a NumPy loop, padded batches, symbolic export, no WeSpeak
 counter (``ecapa_jax.models.costs``, ``benchmarks.flops``) against hand-written formulas for ECAPA, the
 Transformer and the Conformer."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,7 @@ from ecapa_jax.models import build_model
 from ecapa_jax.models.conformer import ConformerConfig
 from ecapa_jax.models.costs import forward_macs, num_params
 from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
-from ecapa_jax.models.layers import SeparableConv1d
+from ecapa_jax.models.layers import DepthwiseConv1d, SeparableConv1d
 from ecapa_jax.models.transformer import TransformerConfig
 from ecapa_jax.stats import lengths_to_mask
 
@@ -69,6 +70,19 @@ def test_separable_conv_equals_a_numpy_loop():
         for tap in range(k):
             expected[:, step] += (padded[:, step + tap * d] * dw[tap]) @ pw
     np.testing.assert_allclose(np.asarray(conv.apply(variables, x)), expected + bias, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 3), (15, 1)])
+def test_depthwise_conv_equals_the_grouped_convolution(kernel, dilation):
+    """Shifted multiply-adds against ``nn.Conv(feature_group_count=C)`` with the same leaves (PyTorch's groups=C)."""
+    x = np.random.default_rng(4).normal(size=(2, 13, 6)).astype(np.float32)
+    ours = DepthwiseConv1d(kernel, dilation)
+    variables = ours.init(jax.random.key(0), x)
+    variables = {"params": {**variables["params"], "bias": np.linspace(-1, 1, 6).astype(np.float32)}}
+    pad = dilation * (kernel - 1) // 2
+    grouped = nn.Conv(6, (kernel,), kernel_dilation=(dilation,), padding=[(pad, pad)], feature_group_count=6)
+    assert jax.tree.map(np.shape, grouped.init(jax.random.key(0), x)) == jax.tree.map(np.shape, variables)
+    np.testing.assert_allclose(ours.apply(variables, x), grouped.apply(variables, x), atol=TOL, rtol=0)
 
 
 LIGHT = EcapaConfig(channels=32, mfa_dim=64, embed_dim=16, global_context_att=True).replace(

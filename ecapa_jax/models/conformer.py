@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ecapa_jax.config import from_dict
-from ecapa_jax.models.layers import BatchNorm, conv1d, depthwise_conv1d
+from ecapa_jax.models.layers import BatchNorm, DepthwiseConv1d, conv1d
 from ecapa_jax.models.transformer import (
     LAYER_NORM_EPS,
     MultiHeadAttention,
@@ -97,7 +97,7 @@ class ConvolutionModule(nn.Module):
         d_model = x.shape[-1]
         h = _layer_norm(self.dtype, "layer_norm")(x)
         h = glu(conv1d(2 * d_model, 1, 1, self.dtype, "sequential_0")(h))  # (B, T, D)
-        h = depthwise_conv1d(d_model, self.kernel_size, 1, self.dtype, "sequential_2")(apply_mask(h, mask))
+        h = DepthwiseConv1d(self.kernel_size, dtype=self.dtype, name="sequential_2")(apply_mask(h, mask))
         h = nn.silu(BatchNorm(dtype=self.dtype, name="sequential_3")(h, train=train, mask=mask))
         h = conv1d(d_model, 1, 1, self.dtype, "sequential_5")(h)  # (B, T, D)
         return nn.Dropout(self.dropout)(h, deterministic=not train)

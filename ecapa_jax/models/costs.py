@@ -2,10 +2,10 @@
 
 ``traced_macs`` reads the jaxpr of a function and sums the multiply-accumulates of every matrix product
 (``dot_general``: output size × contracted size) and convolution (output size × kernel taps × input channels per
-group), sub-programs included. It counts what the model executes, whatever the family: kernels applied at every
-frame, attention's q·k and α·v products (which have no kernel and grow as T²), per-utterance work once.
-Element-wise work (norms, activations, softmax, pooling statistics) is not counted; XLA's cost analysis adds it
-(``benchmarks.flops``).
+group; a ``layers.DepthwiseConv1d``, computed as shifted multiply-adds, by its multiplies), sub-programs included.
+It counts what the model executes, whatever the family: kernels applied at every frame, attention's q·k and α·v
+products (which have no kernel and grow as T²), per-utterance work once. Element-wise work (norms, activations,
+softmax, pooling statistics) is not counted; XLA's cost analysis adds it (``benchmarks.flops``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ecapa_jax.models import build_model
+from ecapa_jax.models.layers import DEPTHWISE_SCOPE
 
 
 def num_params(params: Any) -> int:
@@ -39,6 +40,8 @@ def _jaxpr_macs(jaxpr) -> int:
         elif name == "conv_general_dilated":
             rhs, spec = eqn.invars[1].aval.shape, eqn.params["dimension_numbers"].rhs_spec  # (O, I/groups, *K)
             total += math.prod(out) * rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
+        elif name == "mul" and DEPTHWISE_SCOPE in str(eqn.source_info.name_stack):  # one tap of a depthwise conv
+            total += math.prod(out)
         for value in eqn.params.values():
             for sub in value if isinstance(value, tuple | list) else (value,):
                 inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
