@@ -33,7 +33,7 @@ NEEDS = {
     "05_model_zoo.ipynb": ("nbclient", "matplotlib"),
 }
 # Environment of the kernel: 02 trains the demo preset for this many epochs instead of its 12 (4–6 min).
-# 05 trains each of its four presets for one epoch of 3 steps and evaluates on 5 held-out speakers (a smoke run).
+# 05 trains each of its four presets for one epoch of 3 steps and evaluates on 2 held-out speakers (a smoke run).
 ENV = {
     "02_train_demo.ipynb": {"ECAPA_NB_EPOCHS": "3"},
     "05_model_zoo.ipynb": {"ZOO_NB_EPOCHS": "1", "ZOO_NB_SMOKE": "1"},

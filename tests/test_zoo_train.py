@@ -1,8 +1,10 @@
 """`python -m train --config NAME` for the model-zoo presets: each learns (held-out EER clearly down) and exports
 a model directory that `ecapa_jax.load` embeds with, equal to the final checkpoint.
 
-CI-sized runs: every preset's own model family, head and schedule, on a smaller demo corpus (16 speakers × 12
-utterances, 1 s chunks) with narrower models; the full presets' figures (≤ 15 min on 2 cores) are in the README.
+CI-sized runs: each preset's own model family, head and schedule, on a smaller demo corpus (16 speakers × 12
+utterances, 1 s chunks) with narrower models; the full presets' figures are in the README. ``demo_transformer``
+is left to the README's full run (measured 37.6 % → 8.0 % in this CI-sized form, 108 steps): it shares the
+Conformer's speaker chain, and notebooks/05 runs its preset end to end in CI.
 """
 
 import json
@@ -35,11 +37,10 @@ CORPUS = [
     "num_eval_trials=1000",
 ]
 NARROW = {  # per preset: a narrower model of the same family
-    "demo_transformer": ["model.d_model=48", "model.num_layers=2", "model.ff_dim=96", "model.embed_dim=48"],
     "demo_conformer": ["model.d_model=48", "model.num_layers=2", "model.ff_dim=96", "model.embed_dim=48"],
-    "demo_light": ["model.channels=32", "model.mfa_dim=96", "model.embed_dim=64"],
+    "demo_light": ["model.channels=64", "model.mfa_dim=96", "model.embed_dim=64"],  # Res2 branches 8 wide
 }
-FAMILY = {"demo_transformer": TransformerConfig, "demo_conformer": ConformerConfig, "demo_light": EcapaConfig}
+FAMILY = {"demo_conformer": ConformerConfig, "demo_light": EcapaConfig}
 
 
 @pytest.mark.parametrize("preset", sorted(NARROW))
@@ -58,8 +59,8 @@ def test_preset_learns_and_exports(preset, tmp_path):
     encoder = ecapa_jax.load(tmp_path / "model")
     assert isinstance(encoder.config, FAMILY[preset]) and encoder.frontend.feature_dim == encoder.config.feat_dim
     final, _ = CheckpointManager(tmp_path / "checkpoints").restore(STEPS)
-    for ours, saved in zip(jax.tree.leaves(encoder.variables), jax.tree.leaves(final["params"]["model"]), strict=False):
-        np.testing.assert_array_equal(ours, saved)
+    saved = {"params": final["params"]["model"], "batch_stats": final["batch_stats"]["model"]}
+    jax.tree.map(np.testing.assert_array_equal, dict(encoder.variables), saved)
     wave = np.random.default_rng(0).normal(scale=0.1, size=24000).astype(np.float32)
     emb = encoder.embed(wave)
     assert emb.shape == (encoder.config.embed_dim,) and np.all(np.isfinite(emb))
