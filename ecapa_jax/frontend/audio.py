@@ -12,6 +12,7 @@ catch it, report the utterance and go on.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -63,16 +64,11 @@ def load_audio(path: str | os.PathLike, target_sr: int = 16000, min_samples: int
       AudioError: missing or unreadable file, 0 samples, NaN/inf samples, or fewer than
         ``min_samples`` samples after resampling.
     """
-    if not os.path.isfile(path):
-        raise AudioError(f"{path}: no such audio file")
-    try:
-        x, sr = sf.read(path, dtype="float32", always_2d=True)  # (N, channels)
-    except (sf.LibsndfileError, TypeError) as e:  # TypeError: headerless RAW (no sample rate)
-        raise AudioError(f"{path}: not a readable audio file ({e})") from e
+    with _open(path) as f:
+        x, sr = f.read(dtype="float32", always_2d=True), f.samplerate  # (N, channels)
     if x.shape[0] == 0:
         raise AudioError(f"{path}: empty audio (0 samples)")
-    if not np.all(np.isfinite(x)):
-        raise AudioError(f"{path}: {np.count_nonzero(~np.isfinite(x))} sample(s) are NaN or infinite")
+    _check_finite(x, path)
     x = resample(x.mean(axis=1), sr, target_sr)  # (N,)
     if x.shape[0] < min_samples:
         raise AudioError(
@@ -80,3 +76,49 @@ def load_audio(path: str | os.PathLike, target_sr: int = 16000, min_samples: int
             f"(need at least {min_samples})"
         )
     return x
+
+
+def stream_audio(path: str | os.PathLike, target_sr: int = 16000, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
+    """The samples of ``load_audio(path, target_sr)``, read and resampled a block at a time.
+
+    Memory holds one block whatever the file's length. soxr's streaming resampler gives the samples of its
+    one-shot ``resample`` exactly, so the blocks concatenated are ``load_audio``'s result.
+
+    Args:
+      path: the audio file.
+      target_sr: output sample rate in Hz.
+      block_seconds: seconds of the file read per block.
+
+    Yields:
+      (n,) float32 blocks, channels averaged, at ``target_sr`` (some may be empty while the resampler fills).
+
+    Raises:
+      AudioError: missing or unreadable file, or NaN/inf samples. The length is not checked: it is known at
+        the end (callers count the samples).
+    """
+    with _open(path) as f:
+        sr, size = f.samplerate, max(1, round(block_seconds * f.samplerate))
+        stream = None if sr == target_sr else soxr.ResampleStream(sr, target_sr, 1, dtype="float32", quality="HQ")
+        while True:
+            x = f.read(size, dtype="float32", always_2d=True)  # (n, channels)
+            _check_finite(x, path)
+            last = x.shape[0] < size
+            mono = x.mean(axis=1)
+            yield mono if stream is None else stream.resample_chunk(mono, last=last)
+            if last:
+                return
+
+
+def _open(path: str | os.PathLike) -> sf.SoundFile:
+    """The file opened for reading, or AudioError naming it."""
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: no such audio file")
+    try:
+        return sf.SoundFile(path)
+    except (sf.LibsndfileError, TypeError) as e:  # TypeError: headerless RAW (no sample rate)
+        raise AudioError(f"{path}: not a readable audio file ({e})") from e
+
+
+def _check_finite(x: np.ndarray, path: str | os.PathLike) -> None:
+    if not np.all(np.isfinite(x)):
+        raise AudioError(f"{path}: {np.count_nonzero(~np.isfinite(x))} sample(s) are NaN or infinite")

@@ -38,8 +38,8 @@ import jax.numpy as jnp
 
 from ecapa_jax.config import from_dict
 from ecapa_jax.models.layers import BatchNorm, conv1d
-from ecapa_jax.models.pooling import POOLINGS, make_pooling
-from ecapa_jax.stats import apply_mask, stat_dtype, temporal_mean
+from ecapa_jax.models.pooling import POOLINGS, UtteranceStats, make_pooling
+from ecapa_jax.stats import apply_mask, stat_dtype
 
 Array = jnp.ndarray
 Dtype = Any
@@ -76,18 +76,18 @@ def res2_cascade(x: Array, branch: Callable[[int, Array], Array], scale: int) ->
     return jnp.concatenate(outs, axis=-1)
 
 
-def squeeze_excitation(x: Array, excite: Callable[[Array], Array], mask: Array | None = None) -> Array:
+def squeeze_excitation(x: Array, excite: Callable[[Array], Array], squeezed: Array) -> Array:
     """Squeeze-and-excitation: x · excite(mean_t x), channel-wise (Hu et al., arXiv:1709.01507).
 
     Args:
       x: (B, T, C).
       excite: maps the (B, C) time-average to (B, C) gates in [0, 1].
-      mask: (B, T) valid frames, or None.
+      squeezed: (B, C), mean_t x over the valid frames (``SEConnect`` takes it from ``UtteranceStats``).
 
     Returns:
       (B, T, C).
     """
-    gates = excite(temporal_mean(x, mask))  # (B, C)
+    gates = excite(squeezed)  # (B, C)
     return x * gates[:, None, :]
 
 
@@ -133,7 +133,10 @@ class Res2Conv1dReluBn(nn.Module):
 
 
 class SEConnect(nn.Module):
-    """Squeeze-excitation with a ``bottleneck`` hidden layer: leaves ``linear1``, ``linear2``."""
+    """Squeeze-excitation with a ``bottleneck`` hidden layer: leaves ``linear1``, ``linear2``.
+
+    The squeeze is the one reduction over time inside the frame-level layers (``UtteranceStats``).
+    """
 
     bottleneck: int = 128
     dtype: Dtype = jnp.float32
@@ -146,7 +149,7 @@ class SEConnect(nn.Module):
         def excite(s: Array) -> Array:  # (B, C) → (B, C)
             return nn.sigmoid(dense(channels, "linear2")(nn.relu(dense(self.bottleneck, "linear1")(s))))
 
-        return squeeze_excitation(x, excite, mask)
+        return squeeze_excitation(x, excite, UtteranceStats("mean", name="squeeze")(x, mask))
 
 
 class SERes2Block(nn.Module):
@@ -233,6 +236,17 @@ class EcapaConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown ECAPA preset {name!r}; expected one of {sorted(PRESETS)}")
         return PRESETS[name](**overrides)
+
+    @property
+    def context_frames(self) -> int:
+        """Frames on each side of a frame that its frame-level features depend on (half the receptive field).
+
+        layer1's k = 5 conv reaches 2 frames; each SE-Res2 block chains max(scale − 1, 1) k = 3 convs of its
+        dilation d (the Res2 cascade), reaching that many times d; the 1×1 convs and the pooling's attention
+        reach none. 2 + 7 · (2 + 3 + 4) = 65 for WeSpeaker's ECAPAs. Long-form evaluation
+        (``ecapa_jax.models.long_form``) reads chunks with this many frames of halo.
+        """
+        return 2 + max(self.scale - 1, 1) * (2 + 3 + 4)
 
     @property
     def wespeaker_name(self) -> str:

@@ -23,6 +23,11 @@ valid frames, so a padded batch pools exactly like its unpadded utterances.
 
 Leaf names follow WeSpeaker (``linear1``, ``linear2``, ``heads_att_trans_0/att_1``, ``n_query_0``).
 Attention projections are 1×1 convolutions, as WeSpeaker's ``Conv1d(k=1)``.
+
+Every reduction over time goes through one parameter-free module, ``UtteranceStats`` (also the squeeze of
+ECAPA's squeeze-excitation). Normally it computes its statistic from the frames it is given; long-form
+evaluation (``ecapa_jax.models.long_form``) reads what each one sees chunk by chunk and then supplies the
+whole utterance's statistic to it, so a model's frame-level layers can run on chunks of a long file.
 """
 
 from __future__ import annotations
@@ -48,11 +53,28 @@ def attention_weights(scores: Array, mask: Array | None = None) -> Array:
     return nn.softmax(scores, axis=1)
 
 
+def attentive_moments(x: Array, alpha: Array) -> tuple[Array, Array]:
+    """Attention-weighted mean and variance: mu = Σ_t α_t x_t, var = Σ_t α_t x_t² − mu².
+
+    The variance is the biased, weighted E[x²] − E[x]² form that WeSpeaker uses.
+
+    Args:
+      x: (B, T, C).
+      alpha: (B, T, C) or (B, T, 1) weights summing to one over T (zero on padded frames).
+
+    Returns:
+      ``(mu, var)``, each (B, C) in ``stat_dtype``.
+    """
+    x = x.astype(stat_dtype(x.dtype))
+    mean = jnp.sum(alpha * x, axis=1)  # (B, C)
+    return mean, jnp.sum(alpha * jnp.square(x), axis=1) - jnp.square(mean)
+
+
 def attentive_statistics(x: Array, alpha: Array, eps: float = STD_EPS) -> Array:
     """Attention-weighted mean and standard deviation (Okabe et al., arXiv:1803.10963).
 
-    mu = Σ_t α_t x_t,  sigma = sqrt(max(Σ_t α_t x_t² − mu², eps)). The variance is the biased,
-    weighted E[x²] − E[x]² form that WeSpeaker uses, clamped (not offset) by ``eps``.
+    mu = Σ_t α_t x_t,  sigma = sqrt(max(var, eps)) with ``attentive_moments``' variance, clamped (not
+    offset) by ``eps`` as WeSpeaker does.
 
     Args:
       x: (B, T, C).
@@ -62,10 +84,60 @@ def attentive_statistics(x: Array, alpha: Array, eps: float = STD_EPS) -> Array:
     Returns:
       (B, 2C) in ``stat_dtype``: [mu, sigma].
     """
-    x = x.astype(stat_dtype(x.dtype))
-    mean = jnp.sum(alpha * x, axis=1)  # (B, C)
-    var = jnp.sum(alpha * jnp.square(x), axis=1) - jnp.square(mean)
+    mean, var = attentive_moments(x, alpha)
+    return _mean_std(mean, var, eps)
+
+
+def _mean_std(mean: Array, var: Array, eps: float) -> Array:
+    """[mean, sqrt(max(var, eps))]: (B, C), (B, C) → (B, 2C)."""
     return jnp.concatenate([mean, jnp.sqrt(jnp.maximum(var, eps))], axis=-1)
+
+
+# ----------------------------------------------------------------------------- reductions over time
+
+STATS = "utterance_stats"  # variable collection: whole-utterance moments supplied by long-form evaluation
+FRAMES = "utterance_frames"  # collection sown with what each reduction sees (long-form evaluation reads it)
+KINDS = ("mean", "mean_std", "attentive")
+
+
+class UtteranceStats(nn.Module):
+    """A statistic over all valid frames of each utterance: the only non-local step in time of a model.
+
+    ``kind`` says which (x (B, T, C), mask (B, T), scores (B, T, D) with D = C or 1):
+
+    ==========  ===========================================================================  ==============
+    mean        ``temporal_mean`` (SE squeeze, TAP)                                           (B, C)
+    mean_std    ``temporal_mean`` and ``temporal_std`` (unbiased variance + ``eps``)          (B, C), (B, C)
+    attentive   ``attentive_moments`` with α = softmax_t(scores) (ASTP, MHASTP, SAP)          (B, C), (B, C)
+    ==========  ===========================================================================  ==============
+
+    With the ``utterance_stats`` collection holding ``moments`` for this module (``stats.weighted_moments`` of
+    the whole utterance, merged from chunks), the statistic is computed from them instead and ``x`` is not
+    used. Otherwise, outside ``init``, what it sees is sown into ``utterance_frames`` when that collection is
+    mutable. No parameters: adding it changes no checkpoint leaf.
+    """
+
+    kind: str
+    eps: float = STD_EPS
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None, scores: Array | None = None):
+        if self.kind not in KINDS:
+            raise ValueError(f"UtteranceStats kind must be one of {KINDS}, got {self.kind!r}")
+        if self.has_variable(STATS, "moments"):
+            m = self.get_variable(STATS, "moments")
+            if self.kind == "mean":
+                return m["mean"]
+            if self.kind == "mean_std":
+                return m["mean"], jnp.sqrt(m["m2"] / jnp.maximum(m["w"] - 1, 1) + self.eps)
+            return m["mean"], m["m2"] / m["w"]
+        if not self.is_initializing():
+            self.sow(FRAMES, "frames", {"x": x} if scores is None else {"x": x, "scores": scores})
+        if self.kind == "mean":
+            return temporal_mean(x, mask)
+        if self.kind == "mean_std":
+            return temporal_mean(x, mask), temporal_std(x, mask, self.eps)
+        return attentive_moments(x, attention_weights(scores, mask))
 
 
 def _conv1x1(features: int, dtype: Dtype, name: str) -> nn.Conv:
@@ -116,7 +188,7 @@ class TAP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        return temporal_mean(x, mask)
+        return UtteranceStats("mean", name="stats")(x, mask)
 
     def out_dim(self, in_dim: int) -> int:
         return in_dim
@@ -127,7 +199,7 @@ class TSDP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        return temporal_std(x, mask)
+        return UtteranceStats("mean_std", name="stats")(x, mask)[1]
 
     def out_dim(self, in_dim: int) -> int:
         return in_dim
@@ -138,7 +210,7 @@ class TSTP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        return jnp.concatenate([temporal_mean(x, mask), temporal_std(x, mask)], axis=-1)
+        return jnp.concatenate(UtteranceStats("mean_std", name="stats")(x, mask), axis=-1)
 
     def out_dim(self, in_dim: int) -> int:
         return 2 * in_dim
@@ -162,12 +234,12 @@ class ASTP(nn.Module):
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         channels = x.shape[-1]
         if self.global_context_att:
-            context = jnp.concatenate([temporal_mean(x, mask), temporal_std(x, mask)], axis=-1)  # (B, 2C)
+            context = jnp.concatenate(UtteranceStats("mean_std", name="context")(x, mask), axis=-1)  # (B, 2C)
             h = _GlobalContextConv1x1(self.bottleneck_dim, self.dtype, name="linear1")(x, context)
         else:
             h = _conv1x1(self.bottleneck_dim, self.dtype, "linear1")(x)  # (B, T, bottleneck)
         scores = _conv1x1(channels, self.dtype, "linear2")(jnp.tanh(h))  # (B, T, C)
-        return attentive_statistics(x, attention_weights(scores, mask))
+        return _mean_std(*UtteranceStats("attentive", name="stats")(x, mask, scores), STD_EPS)
 
     def out_dim(self, in_dim: int) -> int:
         return 2 * in_dim
@@ -198,7 +270,8 @@ class MHASTP(nn.Module):
         out = []
         for h, chunk in enumerate(jnp.split(x, self.head_num, axis=-1)):  # (B, T, d_model)
             scores = _AttentionScorer(tuple(widths), self.dtype, name=f"heads_att_trans_{h}")(chunk)
-            out.append(attentive_statistics(chunk, attention_weights(scores, mask)))  # (B, 2·d_model)
+            moments = UtteranceStats("attentive", name=f"stats_{h}")(chunk, mask, scores)
+            out.append(_mean_std(*moments, STD_EPS))  # (B, 2·d_model)
         return jnp.concatenate(out, axis=-1)
 
     def out_dim(self, in_dim: int) -> int:
@@ -248,8 +321,8 @@ class SAP(nn.Module):
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         h = jnp.tanh(_conv1x1(self.bottleneck_dim, self.dtype, "linear")(x))  # (B, T, bottleneck)
         u = self.param("attention", nn.initializers.normal(stddev=0.1), (self.bottleneck_dim,), jnp.float32)
-        w = attention_weights(h.astype(stat_dtype(h.dtype)) @ u[:, None], mask)  # (B, T, 1)
-        return jnp.sum(w * x.astype(stat_dtype(x.dtype)), axis=1)
+        scores = h.astype(stat_dtype(h.dtype)) @ u[:, None]  # (B, T, 1)
+        return UtteranceStats("attentive", name="stats")(x, mask, scores)[0]  # Σ_t w_t x_t; the variance is unused
 
     def out_dim(self, in_dim: int) -> int:
         return in_dim
