@@ -23,9 +23,11 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# jax2onnx (ONNX export) without its declared dependencies: see the `onnx` extra in pyproject.toml.
 test: venv
 	$(MAKE) oracles
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,onnx]'
+	$(PIP) install --no-deps jax2onnx==0.17.1
 	$(MAKE) lint
 	$(PY) -m pytest
 

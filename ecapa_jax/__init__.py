@@ -11,7 +11,8 @@ The package follows the pipeline, front to back (each module documents its own):
   stats.py, config.py   the masks/statistics and the config helper everything above shares
 
 Command lines (one shape, one exit-code rule: ``ecapa_jax.cli``): ``python -m ecapa_jax.embed``,
-``ecapa_jax.score``, ``ecapa_jax.metrics``, ``ecapa_jax.convert``. Training is the ``train`` package.
+``ecapa_jax.score``, ``ecapa_jax.metrics``, ``ecapa_jax.convert``, ``ecapa_jax.export``. Training is the
+``train`` package.
 """
 
 from ecapa_jax.backend.metrics import compute_eer, compute_min_dcf, det_curve

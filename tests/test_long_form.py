@@ -32,18 +32,24 @@ FAMILIES = {  # one small model per family that supports long-form evaluation
 }
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family(request):
-    """(module, variables): random weights, random BatchNorm statistics (mean ~ N(0, 0.1), var ~ U(0.5, 1.5))."""
-    module = build_model(FAMILIES[request.param])
-    variables = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 50, F)))
-    rng = np.random.default_rng(1)
+def random_variables(config, seed: int = 0) -> dict:
+    """A family's variables: random weights (its init), random BatchNorm statistics (mean ~ N(0, 0.1),
+    var ~ U(0.5, 1.5)) so that BatchNorm is really exercised."""
+    module = build_model(config)
+    variables = jax.jit(module.init)(jax.random.key(seed), jnp.zeros((1, 50, config.feat_dim)))
+    rng = np.random.default_rng(seed + 1)
     draw = {"mean": lambda s: rng.normal(0, 0.1, s), "var": lambda s: rng.uniform(0.5, 1.5, s)}
     stats = jax.tree_util.tree_map_with_path(
         lambda path, x: draw[path[-1].key](x.shape).astype(x.dtype) if path[-1].key in draw else x,
         variables["batch_stats"],
     )
-    return module, {**variables, "batch_stats": stats}
+    return {**variables, "batch_stats": stats}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    """(module, variables) of a small model of the family."""
+    return build_model(FAMILIES[request.param]), random_variables(FAMILIES[request.param])
 
 
 def cosine(a, b):

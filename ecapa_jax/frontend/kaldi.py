@@ -248,15 +248,16 @@ def num_frames(n, cfg: FbankConfig):
     snip_edges: T = 1 + (n − W) // S, else T = (n + S // 2) // S; never below 0.
 
     Args:
-      n: a Python int or an integer array of sample counts.
+      n: a Python int (or a symbolic dimension of ``jax.export``) or an integer array of sample counts.
       cfg: the fbank options.
 
     Returns:
-      T, a Python int for an int, else an array of n's shape.
+      T, a Python int (symbolic dimension) for an int (symbolic dimension), else an array of n's shape.
     """
     shift = cfg.window_shift
     t = 1 + (n - cfg.window_size) // shift if cfg.snip_edges else (n + shift // 2) // shift
-    return max(t, 0) if isinstance(t, int) else jnp.maximum(t, 0)
+    # A symbolic N (jax.export) compares like an int given a constraint such as N >= W.
+    return max(t, 0) if isinstance(t, int) or jax.export.is_symbolic_dim(t) else jnp.maximum(t, 0)
 
 
 def _frame(x: Array, lengths: Array, cfg: FbankConfig) -> Array:
@@ -268,8 +269,9 @@ def _frame(x: Array, lengths: Array, cfg: FbankConfig) -> Array:
     """
     total = x.shape[1]
     pad = 0 if cfg.snip_edges else cfg.window_size // 2 - cfg.window_shift // 2
-    starts = cfg.window_shift * np.arange(num_frames(total, cfg)) - pad  # (T,)
-    idx = starts[:, None] + np.arange(cfg.window_size)  # (T, W), static
+    arange = jnp.arange if jax.export.is_symbolic_dim(total) else np.arange  # static indices when N is known
+    starts = cfg.window_shift * arange(num_frames(total, cfg)) - pad  # (T,)
+    idx = starts[:, None] + np.arange(cfg.window_size)  # (T, W)
     if cfg.snip_edges:
         return x[:, idx]  # (B, T, W)
     n = lengths[:, None, None]  # (B, 1, 1)

@@ -1,0 +1,200 @@
+"""Exported artifacts (``python -m ecapa_jax.export``), each run for real in a fresh process: a ``.jax`` artifact in
+one that imports neither ecapa_jax nor flax (the three documented lines), an ``.onnx`` one in an onnxruntime-only
+process; their embeddings against the library's at batch/length pairs not used at export.
+
+A new model family is one more entry in ``FAMILIES`` (a small config of it).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from test_long_form import random_variables
+
+from ecapa_jax.encoder import embed_waveforms
+from ecapa_jax.export import main
+from ecapa_jax.frontend.kaldi import KaldiFrontEnd
+from ecapa_jax.io.checkpoint import join_variables, save_model_dir
+from ecapa_jax.io.export import export, load_artifact
+from ecapa_jax.models import build_model, model_config_to_dict
+from ecapa_jax.models.ecapa import EcapaConfig
+
+JAX_ATOL, ONNX_ATOL = 1e-5, 1e-4  # acceptance bounds; measured ≤ 3e-7 (jax) and ≤ 2e-6 (onnx)
+SHAPES = [(3, 317), (1, 1999)]  # (B, T) pairs, none used at export (B and T are symbolic there)
+FAMILIES = {
+    "ecapa_glob_astp": EcapaConfig(channels=32, feat_dim=80, embed_dim=16, global_context_att=True),
+    "ecapa_tstp_emb_bn": EcapaConfig(channels=32, feat_dim=80, embed_dim=16, pooling="TSTP", emb_bn=True),
+}
+FRONT_END = KaldiFrontEnd()
+
+# The three lines of the README, and nothing of ecapa_jax or flax: argv = artifact, inputs .npz, outputs .npz.
+RUN_JAX = """
+import sys
+import jax, numpy as np
+exported = jax.export.deserialize(open(sys.argv[1], "rb").read())
+inputs = np.load(sys.argv[2])
+outputs = {}
+for key in sorted({k.split(".")[0] for k in inputs.files}):
+    args = [inputs[f"{key}.{i}"] for i in range(sum(k.startswith(key + ".") for k in inputs.files))]
+    outputs[key] = np.asarray(exported.call(*args))
+assert not any(m.split(".")[0] in ("ecapa_jax", "flax") for m in sys.modules), "imported ecapa_jax or flax"
+np.savez(sys.argv[3], **outputs)
+"""
+RUN_ONNX = """
+import sys
+import numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+assert [i.name for i in session.get_inputs()] == ["feats"] and [o.name for o in session.get_outputs()] == ["embs"]
+inputs = np.load(sys.argv[2])
+outputs = {key[: -len(".0")]: session.run(["embs"], {"feats": inputs[key]})[0] for key in inputs.files}
+assert not any(m.split(".")[0] in ("ecapa_jax", "flax", "jax") for m in sys.modules), "imported jax"
+np.savez(sys.argv[3], **outputs)
+"""
+
+
+def run_fresh(script: str, artifact, inputs: dict[str, tuple], tmp_path) -> dict[str, np.ndarray]:
+    """Runs ``script`` in a new Python process on ``inputs`` ({name: args}); returns {name: output}."""
+    np.savez(tmp_path / "in.npz", **{f"{k}.{i}": a for k, args in inputs.items() for i, a in enumerate(args)})
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ""}
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(script),
+            str(artifact),
+            str(tmp_path / "in.npz"),
+            str(tmp_path / "out.npz"),
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,  # not the repository: ecapa_jax must not be importable by accident
+    )
+    with np.load(tmp_path / "out.npz") as out:
+        return {k: out[k] for k in out.files}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tmp_path_factory):
+    """(config, model variables, model directory) with random weights and random BatchNorm statistics."""
+    config = FAMILIES[request.param]
+    variables = random_variables(config)
+    directory = tmp_path_factory.mktemp(request.param) / "model"
+    save_model_dir(directory, config, join_variables(variables), FRONT_END, {"source": "test"})
+    return config, variables, directory
+
+
+def features(batch: int, frames: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, frames, 80)).astype(np.float32)
+
+
+def test_jax_artifact_runs_without_ecapa_jax(family, tmp_path):
+    config, variables, directory = family
+    spec = export(directory, tmp_path / "model.jax")
+    assert spec["kind"] == "features" and spec["platforms"] == ["cpu"]
+    assert spec["inputs"] == [{"name": "feats", "shape": ["B", "T", 80], "dtype": "float32"}]
+    assert spec["outputs"] == [{"name": "embs", "shape": ["B", 16], "dtype": "float32"}]
+    assert spec["model"] == model_config_to_dict(config) and spec["frontend"]["fbank"]["num_mel_bins"] == 80
+    assert json.loads((tmp_path / "model.json").read_text()) == spec
+    inputs = {f"b{b}t{t}": (features(b, t, seed=t),) for b, t in SHAPES}
+    got = run_fresh(RUN_JAX, tmp_path / "model.jax", inputs, tmp_path)
+    module = build_model(config)
+    for key, (feats,) in inputs.items():
+        want = np.asarray(module.apply(variables, feats, train=False)[0])
+        assert got[key].shape == want.shape
+        np.testing.assert_allclose(got[key], want, rtol=0, atol=JAX_ATOL, err_msg=key)
+
+
+def test_onnx_artifact_has_wespeakers_convention(family, tmp_path):
+    pytest.importorskip("jax2onnx", reason="the onnx extra (make test installs it)")
+    config, variables, directory = family
+    spec = export(directory, tmp_path / "model.onnx")
+    assert spec["runtime"] == "onnx" and spec["opset"] == 18
+    inputs = {f"b{b}t{t}": (features(b, t, seed=t),) for b, t in SHAPES}
+    got = run_fresh(RUN_ONNX, tmp_path / "model.onnx", inputs, tmp_path)
+    module = build_model(config)
+    for key, (feats,) in inputs.items():
+        want = np.asarray(module.apply(variables, feats, train=False)[0])
+        np.testing.assert_allclose(got[key], want, rtol=0, atol=ONNX_ATOL, err_msg=key)
+
+
+def test_waveform_artifact_includes_the_front_end_and_masks(family, tmp_path):
+    """(B, N) + lengths in: each padded row equals the library's embedding of that row alone."""
+    config, variables, directory = family
+    spec = export(directory, tmp_path / "wave.jax", waveform=True)
+    assert [i["name"] for i in spec["inputs"]] == ["waveforms", "lengths"] and spec["sample_rate"] == 16000
+    rng = np.random.default_rng(2)
+    lengths = np.array([16000, 5123, 400], np.int32)  # 1 s, 0.32 s, one frame
+    waves = (0.1 * rng.standard_normal((3, 16000))).astype(np.float32)
+    waves[1, 5123:] = 7.0  # junk past a row's length must not matter
+    alone = {f"row{b}": (waves[b : b + 1, :n], lengths[b : b + 1]) for b, n in enumerate(lengths)}
+    got = run_fresh(RUN_JAX, tmp_path / "wave.jax", {"batch": (waves, lengths), **alone}, tmp_path)
+    for b, n in enumerate(lengths):
+        want = np.asarray(embed_waveforms(variables, waves[b : b + 1, :n], lengths[b : b + 1], config, FRONT_END))
+        np.testing.assert_allclose(got[f"row{b}"], want, rtol=0, atol=JAX_ATOL)
+        np.testing.assert_allclose(got["batch"][b : b + 1], want, rtol=0, atol=JAX_ATOL)
+
+
+def test_loaded_artifacts_check_their_input(family, tmp_path):
+    _, _, directory = family
+    export(directory, tmp_path / "f.jax")
+    export(directory, tmp_path / "w.jax", waveform=True)
+    feats_artifact, wave_artifact = load_artifact(tmp_path / "f.jax"), load_artifact(tmp_path / "w.jax")
+    assert feats_artifact.embed(features(2, 30)).shape == (2, 16)
+    with pytest.raises(
+        ValueError, match=r"f\.jax takes float features of shape \(B, T, 80\) .* got float32 \(2, 30, 79\)"
+    ):
+        feats_artifact.embed(np.zeros((2, 30, 79), np.float32))
+    with pytest.raises(ValueError, match=r"w\.jax takes 16000 Hz audio, got 8000 Hz: resample it first"):
+        wave_artifact.embed_waveforms(np.zeros((1, 800), np.float32), 8000)
+    with pytest.raises(ValueError, match=r"lengths must be 1 sample counts in \[400, 800\] .* got \[300\]"):
+        wave_artifact.embed_waveforms(np.zeros((1, 800), np.float32), 16000, [300])
+    with pytest.raises(ValueError, match=r"w\.jax takes waveforms and lengths"):
+        wave_artifact.embed(features(1, 5))
+    (tmp_path / "bad.jax").write_bytes(b"not a flatbuffer")
+    (tmp_path / "bad.json").write_text((tmp_path / "f.json").read_text())
+    with pytest.raises(ValueError, match=r"bad\.jax is not a serialized jax\.export artifact"):
+        load_artifact(tmp_path / "bad.jax")
+    with pytest.raises(OSError, match=r"missing\.json"):
+        load_artifact(tmp_path / "missing.jax")
+
+
+def test_cli_exports_and_checks(family, tmp_path, capsys):
+    _, _, directory = family
+    assert main([str(directory), str(tmp_path / "m.jax")]) == 0
+    out = capsys.readouterr().out
+    assert "feats (B, T, 80) float32 → embs (B, 16) float32" in out
+    assert float(out.rsplit("max |difference| = ", 1)[1]) <= JAX_ATOL
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["m.pt"], r"m\.pt: the artifact's suffix must be one of \('\.jax', '\.onnx'\)"),
+        (["m.onnx", "--waveform"], r"the waveform variant is a \.jax artifact; ONNX takes features"),
+        (
+            ["m.onnx", "--opset", "14"],
+            r"opset 14: jax2onnx writes ReduceMean with its axes as an input, which needs >= 18",
+        ),
+        (["m.jax", "--platforms", "cpu,gpu"], r"platforms \['cpu', 'gpu'\]: expected one or more of \['cpu', 'cuda'"),
+        (["nowhere/m.jax"], r"nowhere/m\.jax: the directory nowhere does not exist"),
+    ],
+)
+def test_cli_errors_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    assert main(["model", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_cli_names_a_missing_model_directory(tmp_path, capsys):
+    assert main([str(tmp_path / "none"), str(tmp_path / "m.jax")]) == 2
+    assert "none is not an ecapa_jax model directory: no such directory" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
