@@ -5,7 +5,8 @@
 One WeSpeaker model (random initialisation, seed 0) is saved as ``model.pt`` and converted into a model
 directory; one synthetic recording of ``--minutes`` (demo-corpus speech of one speaker, 16-bit WAV) is
 written. Then each side runs alone in a fresh process, one after the other, restricted to the same
-``--threads`` CPUs, and its peak resident memory is read from ``os.wait4`` (``ru_maxrss`` of that child):
+``--threads`` CPUs, and its peak resident memory is read from ``os.wait4`` (``ru_maxrss`` of that child, forked
+from a small launcher so that this process's memory is not counted):
 
 - ``wespeaker``: WeSpeaker's whole-utterance extraction (``cli/speaker.py``: the file read, ``kaldi.fbank``
   80 × 25/10 ms hamming, mean CMN, the model on the whole utterance under ``inference_mode``); the file is
@@ -82,17 +83,32 @@ def repeat_recording(src: Path, dst: Path, times: int) -> float:
     return sf.info(dst).duration
 
 
+# Starts argv[2:] and writes "<its ru_maxrss in KB> <exit code>" to argv[1]. A process's peak RSS includes the
+# peak of the address space it was forked from until it execs (Linux keeps the old mm's high-water mark), so the
+# command is forked from this small launcher (~10 MB), never from the benchmark with torch and jax loaded.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
 def peak_rss(cmd: Sequence[str]) -> tuple[float, float]:
     """Runs ``cmd`` (on this process's CPUs); returns (its peak RSS in MB, wall seconds). Raises on a non-zero exit."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.getcwd()}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)  # the usage of this child alone
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... exited with {proc.returncode}")
-    return usage.ru_maxrss / 1024, wall  # Linux: kilobytes
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "rusage"
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", LAUNCHER, str(report), *cmd], env=env, check=True)
+        wall = time.perf_counter() - start
+        maxrss, code = map(int, report.read_text().split())
+    if code:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... exited with {code}")
+    return maxrss / 1024, wall  # Linux: kilobytes
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,6 +4,7 @@ the MAC count against a hand-written formula; the timing helper's interleaving; 
 import argparse
 import os
 import re
+import sys
 
 import oracles
 import pytest
@@ -123,3 +124,36 @@ def test_bad_repeats_and_frames_are_refused(capsys):
     with pytest.raises(SystemExit):
         flops.main(["--frames", "0"])
     assert "--frames must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_extract_prints_ratio_and_agrees(threads, capsys):
+    oracles.wespeaker("models.ecapa_tdnn")
+    from benchmarks import extract
+
+    args = ["--channels", "16", "--files", "6", "--seconds", "0.5", "1.5", "--batch-size", "4", "--workers", "2"]
+    result = extract.main([*threads, *args])
+    assert len(_ratios(capsys.readouterr().out)) == 1 and result["ratio"] > 0
+    assert result["min cosine"] > 0.99999  # the same weights give the same embeddings, file by file
+
+
+def test_peak_rss_is_the_childs_own():
+    """A child that holds 300 MB reports at least that, and a child that holds nothing not this process's memory."""
+    from benchmarks import memory
+
+    hold = "import numpy as np; x = np.ones(300 * 2**20 // 8); print(x.sum())"
+    small, _ = memory.peak_rss([sys.executable, "-c", "pass"])
+    large, _ = memory.peak_rss([sys.executable, "-c", hold])
+    assert 300 <= large < 300 + small + 50 and small < 50, (small, large)  # this process holds jax and torch
+
+
+def test_memory_compares_processes(capsys):
+    oracles.wespeaker("models.ecapa_tdnn")
+    from benchmarks import memory
+
+    result = memory.main(["--threads", "1", "--channels", "16", "--minutes", "0.1", "--window-minutes", "0.1"])
+    out = capsys.readouterr().out
+    for side in ("wespeaker", "ecapa_jax", "ecapa_jax whole", "ecapa_jax windows"):
+        assert re.search(rf"   {side} +\d+ MB", out) and result[side] > 50, out
+    assert result["windows"] == 13  # one 10 s demo utterance: 12 windows of 1.5 s every 0.75 s and a shorter last one
+    for key in ("cosine chunked vs wespeaker", "cosine whole vs wespeaker", "cosine chunked vs whole"):
+        assert result[key] >= 0.99999, (key, result[key])
