@@ -177,8 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     audio = sum(duration(table[u]) for u in done)
     print(
         f"{len(embeddings)} embeddings -> {', '.join(written)}; {len(failures)} of {len(table)} files failed; "
-        f"{audio:.1f} s of audio in {wall:.1f} s: {len(done) / wall:.2f} files/s, real-time factor "
-        f"{wall / max(audio, 1e-9):.4f}"
+        f"{audio:.1f} s of audio in {wall:.1f} s: {len(done) / wall:.3g} files/s, real-time factor "
+        f"{wall / max(audio, 1e-9):.3g}"
     )
     return EXIT_PARTIAL if failures else EXIT_OK
 

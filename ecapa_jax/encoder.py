@@ -11,6 +11,7 @@ Shape letters: B batch, N samples, T frames, F mel bins, E embedding size.
     table, failures = enc.embed_files(["a.wav", "b.flac"])
     score = enc.similarity(table["a.wav"], table["b.flac"])
     emb = enc.embed_features(feats)                      # (T, F) or (B, T, F) → (B, E)
+    times, embs = enc.embed_file_windows("meeting.wav", window=1.5, shift=0.75)  # (W, 2) s, (W, E)
 
 The waveform front-end is the one the model directory records (``ecapa_jax.frontend``); for WeSpeaker's
 models that is its inference front-end (``wespeaker/cli/speaker.py``, ``bin/extract.py`` on the test sets):

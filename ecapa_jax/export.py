@@ -6,8 +6,8 @@
 ``OUT.jax`` takes features ``(B, T, F)`` (or, with ``--waveform``, waveforms ``(B, N)`` at the front-end's
 sample rate plus their lengths ``(B,)``, the front-end inside) and gives embeddings ``(B, E)``, for any B,
 T, N; it runs with jax alone. ``OUT.onnx`` is WeSpeaker's runtime convention: ``feats (B, T, 80)`` →
-``embs (B, E)``, dynamic B and T. ``OUT.json`` beside it says what the artifact expects. The formats and
-the three lines that run a ``.jax`` artifact: ``ecapa_jax.io.export``.
+``embs (B, E)``, dynamic B and T. Its spec beside it (``OUT.jax.json``, ``OUT.onnx.json``) says what the
+artifact expects. The formats and the three lines that run a ``.jax`` artifact: ``ecapa_jax.io.export``.
 
 After writing, the artifact is loaded back and compared with ecapa_jax on a random input of a shape not
 used for anything else, and the difference is printed. Exit status (``ecapa_jax.cli``): 0, or 2 with one
@@ -20,6 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 from ecapa_jax.cli import EXIT_OK, command
@@ -42,14 +43,17 @@ def check(model_dir: str, out: str, batch: int = 2, frames: int = 123) -> float:
     else:
         feats = rng.standard_normal((batch, frames, model.config.feat_dim)).astype(np.float32)
         got = artifact.embed(feats)
-        want = build_model(model.config).apply(model.model_variables, feats, train=False)[0]
+        module = build_model(model.config)
+        want = jax.jit(lambda v, x: module.apply(v, x, train=False)[0])(model.model_variables, feats)
     return float(np.max(np.abs(got - np.asarray(want))))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ecapa_jax.export", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="ecapa_jax model directory (python -m ecapa_jax.convert)")
-    parser.add_argument("out", help="artifact to write: .jax (jax.export) or .onnx; OUT.json is written beside it")
+    parser.add_argument(
+        "out", help="artifact to write: .jax (jax.export) or .onnx; its spec OUT.*.json is written beside it"
+    )
     parser.add_argument("--waveform", action="store_true", help=".jax only: waveforms + lengths in, front-end inside")
     parser.add_argument(
         "--platforms", default="cpu", help=f".jax only: comma-separated, of {', '.join(PLATFORMS)} (default: cpu)"

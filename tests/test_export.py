@@ -5,6 +5,8 @@ process; their embeddings against the library's at batch/length pairs not used a
 A new model family is one more entry in ``FAMILIES`` (a small config of it).
 """
 
+import functools
+import importlib.util
 import json
 import os
 import re
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 from test_long_form import random_variables
@@ -88,83 +91,116 @@ def family(request, tmp_path_factory):
     return config, variables, directory
 
 
+def library_embed(config, variables, feats: np.ndarray) -> np.ndarray:
+    """(B, E) embeddings of (B, T, F) features by the library (jitted: compiled once per shape)."""
+    return np.asarray(_apply(build_model(config), variables, feats))
+
+
+@functools.partial(jax.jit, static_argnames="module")
+def _apply(module, variables, feats):
+    return module.apply(variables, feats, train=False)[0]
+
+
 def features(batch: int, frames: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, frames, 80)).astype(np.float32)
 
 
-def test_jax_artifact_runs_without_ecapa_jax(family, tmp_path):
-    config, variables, directory = family
-    spec = export(directory, tmp_path / "model.jax")
-    assert spec["kind"] == "features" and spec["platforms"] == ["cpu"]
+@pytest.fixture(scope="module")
+def exported(family, tmp_path_factory):
+    """{'model.jax': features in, 'wave.jax': waveforms in, 'model.onnx'} of the family's model, with their specs."""
+    _, _, directory = family
+    out = tmp_path_factory.mktemp("artifacts")
+    specs = {
+        "model.jax": export(directory, out / "model.jax"),
+        "wave.jax": export(directory, out / "wave.jax", waveform=True),
+    }
+    if importlib.util.find_spec("jax2onnx") is not None:  # the onnx extra; make test installs it
+        specs["model.onnx"] = export(directory, out / "model.onnx")
+    return out, specs
+
+
+def test_specs_say_what_the_artifacts_expect(family, exported):
+    config, _, _ = family
+    out, specs = exported
+    spec = specs["model.jax"]
+    assert spec["kind"] == "features" and spec["runtime"] == "jax.export" and spec["platforms"] == ["cpu"]
     assert spec["inputs"] == [{"name": "feats", "shape": ["B", "T", 80], "dtype": "float32"}]
     assert spec["outputs"] == [{"name": "embs", "shape": ["B", 16], "dtype": "float32"}]
     assert spec["model"] == model_config_to_dict(config) and spec["frontend"]["fbank"]["num_mel_bins"] == 80
-    assert json.loads((tmp_path / "model.json").read_text()) == spec
+    assert spec["sample_rate"] == 16000 and spec["metadata"] == {"source": "test"}
+    wave = specs["wave.jax"]
+    assert wave["kind"] == "waveform" and [i["name"] for i in wave["inputs"]] == ["waveforms", "lengths"]
+    assert wave["inputs"][1]["min"] == 400
+    for name, spec in specs.items():
+        assert json.loads((out / f"{name}.json").read_text()) == spec
+
+
+def test_jax_artifact_runs_without_ecapa_jax(family, exported, tmp_path):
+    config, variables, _ = family
     inputs = {f"b{b}t{t}": (features(b, t, seed=t),) for b, t in SHAPES}
-    got = run_fresh(RUN_JAX, tmp_path / "model.jax", inputs, tmp_path)
-    module = build_model(config)
+    got = run_fresh(RUN_JAX, exported[0] / "model.jax", inputs, tmp_path)
     for key, (feats,) in inputs.items():
-        want = np.asarray(module.apply(variables, feats, train=False)[0])
+        want = library_embed(config, variables, feats)
         assert got[key].shape == want.shape
         np.testing.assert_allclose(got[key], want, rtol=0, atol=JAX_ATOL, err_msg=key)
 
 
-def test_onnx_artifact_has_wespeakers_convention(family, tmp_path):
+def test_onnx_artifact_has_wespeakers_convention(family, exported, tmp_path):
     pytest.importorskip("jax2onnx", reason="the onnx extra (make test installs it)")
-    config, variables, directory = family
-    spec = export(directory, tmp_path / "model.onnx")
-    assert spec["runtime"] == "onnx" and spec["opset"] == 18
+    config, variables, _ = family
+    assert exported[1]["model.onnx"]["runtime"] == "onnx" and exported[1]["model.onnx"]["opset"] == 18
     inputs = {f"b{b}t{t}": (features(b, t, seed=t),) for b, t in SHAPES}
-    got = run_fresh(RUN_ONNX, tmp_path / "model.onnx", inputs, tmp_path)
-    module = build_model(config)
+    got = run_fresh(RUN_ONNX, exported[0] / "model.onnx", inputs, tmp_path)
     for key, (feats,) in inputs.items():
-        want = np.asarray(module.apply(variables, feats, train=False)[0])
+        want = library_embed(config, variables, feats)
         np.testing.assert_allclose(got[key], want, rtol=0, atol=ONNX_ATOL, err_msg=key)
 
 
-def test_waveform_artifact_includes_the_front_end_and_masks(family, tmp_path):
+def test_waveform_artifact_includes_the_front_end_and_masks(family, exported, tmp_path):
     """(B, N) + lengths in: each padded row equals the library's embedding of that row alone."""
-    config, variables, directory = family
-    spec = export(directory, tmp_path / "wave.jax", waveform=True)
-    assert [i["name"] for i in spec["inputs"]] == ["waveforms", "lengths"] and spec["sample_rate"] == 16000
+    config, variables, _ = family
     rng = np.random.default_rng(2)
     lengths = np.array([16000, 5123, 400], np.int32)  # 1 s, 0.32 s, one frame
     waves = (0.1 * rng.standard_normal((3, 16000))).astype(np.float32)
     waves[1, 5123:] = 7.0  # junk past a row's length must not matter
-    alone = {f"row{b}": (waves[b : b + 1, :n], lengths[b : b + 1]) for b, n in enumerate(lengths)}
-    got = run_fresh(RUN_JAX, tmp_path / "wave.jax", {"batch": (waves, lengths), **alone}, tmp_path)
+    inputs = {"batch": (waves, lengths), "row1": (waves[1:2, :5123], lengths[1:2])}  # any N: row 1 alone
+    got = run_fresh(RUN_JAX, exported[0] / "wave.jax", inputs, tmp_path)
     for b, n in enumerate(lengths):
         want = np.asarray(embed_waveforms(variables, waves[b : b + 1, :n], lengths[b : b + 1], config, FRONT_END))
-        np.testing.assert_allclose(got[f"row{b}"], want, rtol=0, atol=JAX_ATOL)
-        np.testing.assert_allclose(got["batch"][b : b + 1], want, rtol=0, atol=JAX_ATOL)
+        np.testing.assert_allclose(got["batch"][b : b + 1], want, rtol=0, atol=JAX_ATOL, err_msg=f"row {b}")
+        if b == 1:
+            np.testing.assert_allclose(got["row1"], want, rtol=0, atol=JAX_ATOL)
 
 
-def test_loaded_artifacts_check_their_input(family, tmp_path):
-    _, _, directory = family
-    export(directory, tmp_path / "f.jax")
-    export(directory, tmp_path / "w.jax", waveform=True)
-    feats_artifact, wave_artifact = load_artifact(tmp_path / "f.jax"), load_artifact(tmp_path / "w.jax")
-    assert feats_artifact.embed(features(2, 30)).shape == (2, 16)
-    with pytest.raises(
-        ValueError, match=r"f\.jax takes float features of shape \(B, T, 80\) .* got float32 \(2, 30, 79\)"
-    ):
-        feats_artifact.embed(np.zeros((2, 30, 79), np.float32))
-    with pytest.raises(ValueError, match=r"w\.jax takes 16000 Hz audio, got 8000 Hz: resample it first"):
-        wave_artifact.embed_waveforms(np.zeros((1, 800), np.float32), 8000)
+def test_loaded_artifacts_check_their_input(exported, tmp_path):
+    out, specs = exported
+    artifacts = {name: load_artifact(out / name) for name in specs}
+    for name in ("model.jax", "model.onnx"):
+        if name not in artifacts:
+            continue
+        assert artifacts[name].embed(features(2, 30)).shape == (2, 16)
+        with pytest.raises(ValueError, match=rf"{name} takes float features of shape \(B, T, 80\) .* \(2, 30, 79\)"):
+            artifacts[name].embed(np.zeros((2, 30, 79), np.float32))
+    wave = artifacts["wave.jax"]
+    assert wave.embed_waveforms(np.zeros((1, 800), np.float32), 16000).shape == (1, 16)
+    with pytest.raises(ValueError, match=r"wave\.jax takes 16000 Hz audio, got 8000 Hz: resample it first"):
+        wave.embed_waveforms(np.zeros((1, 800), np.float32), 8000)
     with pytest.raises(ValueError, match=r"lengths must be 1 sample counts in \[400, 800\] .* got \[300\]"):
-        wave_artifact.embed_waveforms(np.zeros((1, 800), np.float32), 16000, [300])
-    with pytest.raises(ValueError, match=r"w\.jax takes waveforms and lengths"):
-        wave_artifact.embed(features(1, 5))
+        wave.embed_waveforms(np.zeros((1, 800), np.float32), 16000, [300])
+    with pytest.raises(ValueError, match=r"wave\.jax takes waveforms and lengths"):
+        wave.embed(features(1, 5))
     (tmp_path / "bad.jax").write_bytes(b"not a flatbuffer")
-    (tmp_path / "bad.json").write_text((tmp_path / "f.json").read_text())
+    (tmp_path / "bad.jax.json").write_text((out / "model.jax.json").read_text())
     with pytest.raises(ValueError, match=r"bad\.jax is not a serialized jax\.export artifact"):
         load_artifact(tmp_path / "bad.jax")
-    with pytest.raises(OSError, match=r"missing\.json"):
+    with pytest.raises(OSError, match=r"missing\.jax\.json"):
         load_artifact(tmp_path / "missing.jax")
 
 
-def test_cli_exports_and_checks(family, tmp_path, capsys):
-    _, _, directory = family
+def test_cli_exports_and_checks(tmp_path, capsys):
+    config = next(iter(FAMILIES.values()))
+    directory = tmp_path / "model"
+    save_model_dir(directory, config, join_variables(random_variables(config)), FRONT_END)
     assert main([str(directory), str(tmp_path / "m.jax")]) == 0
     out = capsys.readouterr().out
     assert "feats (B, T, 80) float32 → embs (B, 16) float32" in out

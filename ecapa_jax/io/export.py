@@ -13,7 +13,7 @@ symbolic: one artifact takes any batch and any length.
 ``OUT.onnx``       WeSpeaker's runtime convention (``bin/export_onnx.py``): input ``feats (B, T, F)``,
                    output ``embs (B, E)``, B and T dynamic; converted by jax2onnx at opset 18 (its
                    ReduceMean takes the axes as an input, which opsets < 18 do not allow).
-``OUT.json``       what the artifact expects: its inputs and outputs (names, shapes, dtypes), the sample
+``OUT.*.json``     what the artifact expects: its inputs and outputs (names, shapes, dtypes), the sample
                    rate and the front-end's configuration (the features are the front-end's:
                    WeSpeaker's fbank + mean CMN for converted models), the model config, the source.
 =================  =====================================================================================
@@ -25,7 +25,7 @@ A ``.jax`` artifact runs with jax alone, neither ecapa_jax nor flax imported::
     embs = np.asarray(exported.call(feats))  # feats: (B, T, 80) float32, mean-normalised fbank
 
 and an ``.onnx`` one with onnxruntime: ``ort.InferenceSession("model.onnx").run(["embs"], {"feats": feats})``.
-``load_artifact`` runs either with its inputs checked against ``OUT.json`` first (shape, feature width,
+``load_artifact`` runs either with its inputs checked against ``OUT.*.json`` first (shape, feature width,
 sample rate), so that bad input is an error naming the problem rather than a shape error from inside.
 """
 
@@ -58,8 +58,8 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
 def spec_path(artifact: str | os.PathLike) -> Path:
-    """``OUT.json`` beside ``OUT.jax`` / ``OUT.onnx``."""
-    return Path(artifact).with_suffix(".json")
+    """The spec beside an artifact: ``OUT.jax.json`` for ``OUT.jax``, ``OUT.onnx.json`` for ``OUT.onnx``."""
+    return Path(f"{os.fspath(artifact)}.json")
 
 
 def export(
@@ -70,7 +70,7 @@ def export(
     platforms: Sequence[str] = ("cpu",),
     opset: int = ONNX_OPSET,
 ) -> dict[str, Any]:
-    """Writes the artifact ``out`` of a model directory (its kind from the suffix) and ``OUT.json`` beside it.
+    """Writes the artifact ``out`` of a model directory (its format from the suffix) and its spec beside it.
 
     Both files are written next to their destination and renamed into place, so a failure leaves nothing.
 
@@ -82,7 +82,7 @@ def export(
       opset: ONNX opset, ≥ 18.
 
     Returns:
-      the spec written to ``OUT.json``.
+      the spec written beside it.
 
     Raises:
       ValueError: an unknown suffix or platform, ``waveform`` with ``.onnx``, an opset below 18, a model
@@ -218,7 +218,7 @@ class Artifact:
 
     Attributes:
       path: the ``.jax`` / ``.onnx`` file.
-      spec: ``OUT.json``'s content.
+      spec: the content of ``OUT.*.json``.
     """
 
     path: Path
@@ -280,7 +280,7 @@ class Artifact:
 
 
 def load_artifact(path: str | os.PathLike) -> Artifact:
-    """An artifact written by ``export``, with ``OUT.json`` beside it.
+    """An artifact written by ``export``, with its spec ``OUT.*.json`` beside it.
 
     Raises:
       OSError: the artifact or its spec cannot be read.

@@ -3,12 +3,17 @@
 A model family is a frozen config dataclass and the Flax module it builds, registered in ``FAMILIES``.
 Every family's module is called as ``module.apply(variables, feats, train=..., mask=...)`` and returns
 ``(embedding (B, E), intermediates: dict)``; its config has ``feat_dim`` (F) and ``embed_dim`` (E). That is
-all the encoder, the trainer and the model directory need, so a new family is one module here plus its
-entry below (and a converter in ``ecapa_jax.io.convert`` for checkpoints from elsewhere).
+all the encoder, the trainer, the model directory and the exporter need, so a new family is one module here
+plus its entry below (and a converter in ``ecapa_jax.io.convert`` for checkpoints from elsewhere).
 
-    layers.py    BatchNorm with PyTorch's semantics, Conv1d (shared by the families)
-    pooling.py   the temporal pooling family (TAP ... MQMHASTP, SAP)
-    ecapa.py     ECAPA-TDNN (WeSpeaker's), its blocks and presets
+A family whose layers are local in time apart from reductions over the utterance that all go through
+``pooling.UtteranceStats``, and whose config says how far they reach (``context_frames``), also gets exact
+long-form evaluation of recordings of any length in bounded memory (``long_form.py``).
+
+    layers.py     BatchNorm with PyTorch's semantics, Conv1d (shared by the families)
+    pooling.py    the temporal pooling family (TAP ... MQMHASTP, SAP) and UtteranceStats
+    ecapa.py      ECAPA-TDNN (WeSpeaker's), its blocks and presets
+    long_form.py  whole-utterance embeddings of long recordings, in chunks
 """
 
 from __future__ import annotations
