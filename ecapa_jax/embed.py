@@ -2,13 +2,14 @@
 
     python -m ecapa_jax.embed --model DIR (FILES... | --wav-scp wav.scp) --out emb.npz
                               [--format npz|ark] [--batch-size N] [--workers N] [--chunk-frames N]
-                              [--window SECONDS [--shift SECONDS]]
+                              [--bucket-ratio R] [--window SECONDS [--shift SECONDS]]
 
 Utterance ids are the ``wav.scp`` keys, or the file names without their extension for FILES (two
 files with one name are an error). Embeddings are WeSpeaker's inference ones (``Encoder.embed_files``:
 whole utterances, 16 kHz, no mean subtraction) and are written as ``.npz`` (id → (E,) float32) or as a
 Kaldi archive with its index beside it (``emb.ark`` + ``emb.scp``, as WeSpeaker's ``xvector.ark/scp``);
-``python -m ecapa_jax.score`` reads either. Files are read on ``--workers`` threads while the device embeds;
+``python -m ecapa_jax.score`` reads either. Batches are padded to lengths growing by ``--bucket-ratio``
+(``Buckets``). Files are read on ``--workers`` threads while the device embeds;
 files longer than ``--chunk-frames`` frames (30 s) are streamed and embedded whole in chunks, with the same
 result and memory that does not grow with their length (``ecapa_jax.models.long_form``). A progress bar runs
 on stderr; the last line reports files/s and the real-time factor (wall time / audio time).
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -39,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ecapa_jax.cli import EXIT_OK, EXIT_PARTIAL, command, error
-from ecapa_jax.encoder import Encoder, duration, load
+from ecapa_jax.encoder import Buckets, Encoder, duration, load
 from ecapa_jax.frontend.audio import AudioError
 from ecapa_jax.io import kaldi_io
 from ecapa_jax.io.files import check_output_file
@@ -104,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
         default=3000,
         help="longer files are embedded whole in chunks of this many frames (default 3000 = 30 s); 0: never",
     )
+    parser.add_argument(
+        "--bucket-ratio",
+        type=float,
+        default=math.sqrt(2),
+        help="growth between padded lengths (default √2: few compilations; 1.09 pads a large corpus ~6%% instead "
+        "of ~22%% for ~3x the compilations, worth it on a CPU)",
+    )
     parser.add_argument("--window", type=float, help="seconds per sliding window: one embedding per window")
     parser.add_argument("--shift", type=float, help="seconds between sliding windows (default: half the window)")
     return parser
@@ -141,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("batch_size", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.bucket_ratio > 1:
+        parser.error(f"--bucket-ratio must be > 1, got {args.bucket_ratio:g}")
     if args.chunk_frames < 0:
         parser.error(f"--chunk-frames must be >= 0 (0: embed every file in one piece), got {args.chunk_frames}")
     if args.shift is not None and args.window is None:
@@ -158,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.window is not None:
         check_output_file(Path(args.out).with_suffix(".segments"))
     table = kaldi_io.read_wav_scp(args.wav_scp) if args.wav_scp else file_ids(args.files)
-    encoder = dataclasses.replace(load(args.model), chunk_frames=args.chunk_frames or None)
+    buckets = Buckets(ratio=args.bucket_ratio)
+    encoder = dataclasses.replace(load(args.model), chunk_frames=args.chunk_frames or None, buckets=buckets)
 
     start = time.perf_counter()
     if args.window is None:

@@ -268,8 +268,8 @@ class Encoder:
         table = dict(paths) if isinstance(paths, Mapping) else {os.fspath(p): p for p in paths}
         ids = list(table)
         seconds = {u: duration(table[u]) for u in ids}
-        long = [u for u in ids if self._is_long(round(seconds[u] * self.sample_rate))]
-        short = [u for u in ids if u not in set(long)]
+        is_long = {u: self._is_long(round(seconds[u] * self.sample_rate)) for u in ids}
+        long, short = [u for u in ids if is_long[u]], [u for u in ids if not is_long[u]]
         embeddings, failures = {}, {}
 
         def load(u: str) -> np.ndarray | str:  # on a worker thread; failures travel back as their reason

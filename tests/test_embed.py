@@ -309,7 +309,9 @@ def test_cli_windows_write_ids_with_times_and_segments(small_dir, encoder, audio
     assert main([*args, "--window", "0.5", "--shift", "0.25", "--batch-size", "4"]) == 1
     captured = capsys.readouterr()
     assert "error: corrupt: " in captured.err
-    assert re.search(r"files failed; [0-9.]+ s of audio in [0-9.]+ s: [0-9.e+-]+ files/s, real-time factor", captured.out)
+    assert re.search(
+        r"files failed; [0-9.]+ s of audio in [0-9.]+ s: [0-9.e+-]+ files/s, real-time factor", captured.out
+    )
     with np.load(out) as npz:
         got = {key: npz[key] for key in npz.files}
     segments = [line.split() for line in (tmp_path / "win.segments").read_text().splitlines()]
