@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from ecapa_jax.cli import EXIT_OK, command
+from ecapa_jax.cli import EXIT_OK, ArgumentParser, command
 from ecapa_jax.encoder import embed_waveforms
 from ecapa_jax.io.checkpoint import load_model_dir
 from ecapa_jax.io.export import ONNX_OPSET, PLATFORMS, export, load_artifact, spec_path
@@ -49,7 +49,7 @@ def check(model_dir: str, out: str, batch: int = 2, frames: int = 123) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ecapa_jax.export", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ecapa_jax.export", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="ecapa_jax model directory (python -m ecapa_jax.convert)")
     parser.add_argument(
         "out", help="artifact to write: .jax (jax.export) or .onnx; its spec OUT.*.json is written beside it"
