@@ -78,7 +78,7 @@ def import_torch():
     return torch
 
 
-def _oracles():
+def oracles():
     """``tests/oracles.py``: the one way this project imports WeSpeaker's code."""
     if TESTS_DIR not in sys.path:
         sys.path.insert(0, TESTS_DIR)
@@ -89,12 +89,12 @@ def _oracles():
 
 def wespeaker(submodule: str):
     """``wespeaker.<submodule>`` via `tests/oracles.py`; it sets torch to one thread, so call `pin_threads` after."""
-    return _oracles().wespeaker(submodule)
+    return oracles().wespeaker(submodule)
 
 
 def wespeaker_variables(module) -> dict:
     """A WeSpeaker module's weights as our Flax variables (``tests/oracles.py``), for identical models."""
-    return _oracles().wespeaker_variables(module)
+    return oracles().wespeaker_variables(module)
 
 
 def banner(settings: Mapping[str, Any]) -> str:

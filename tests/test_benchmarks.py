@@ -2,6 +2,7 @@
 the MAC count against a hand-written formula; the timing helper's interleaving; bad options."""
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -157,3 +158,14 @@ def test_memory_compares_processes(capsys):
     assert result["windows"] == 13  # one 10 s demo utterance: 12 windows of 1.5 s every 0.75 s and a shorter last one
     for key in ("cosine chunked vs wespeaker", "cosine whole vs wespeaker", "cosine chunked vs whole"):
         assert result[key] >= 0.99999, (key, result[key])
+
+
+def test_parity_prints_differences_within_the_bounds(capsys):
+    from benchmarks import parity
+
+    onnx = [] if importlib.util.find_spec("jax2onnx") else ["--no-onnx"]  # the onnx extra (make test installs it)
+    result = parity.main(["--channels", "16", "--frames", "300", "--chunk-frames", "100", *onnx])
+    out = capsys.readouterr().out
+    assert all(re.search(rf"   {re.escape(key)} +\d\.\de[-+]\d\d", out) for key in result), out
+    for key, value in result.items():
+        assert value <= (1e-4 if "onnx" in key else 1e-5), (key, value)

@@ -1,9 +1,9 @@
 """Every Python block of README.md runs as written.
 
 The blocks define their own inputs; the files they name are what a reader has after ``make demo`` (the
-demo's exported model, ``runs/demo/model``) plus two audio files of their own (``a.wav``, ``b.flac``). The
-fixture makes those in a scratch directory: the demo preset's architecture with random weights, and two
-short recordings.
+demo's exported model, ``runs/demo/model``) plus two audio files of their own (``a.wav``, ``b.flac``) and the
+README's ``python -m ecapa_jax.export runs/demo/model demo.jax``. The fixture makes those in a scratch
+directory: the demo preset's architecture with random weights, two short recordings, the artifact.
 """
 
 import re
@@ -16,6 +16,7 @@ import soundfile as sf
 from test_embed import speech_like
 
 from ecapa_jax.io.checkpoint import join_variables, save_model_dir
+from ecapa_jax.io.export import export
 from ecapa_jax.models import build_model
 from train.config import load_config
 
@@ -30,6 +31,7 @@ def reader_files(tmp_path_factory):
     feats = np.zeros((1, 20, config.model.feat_dim), np.float32)
     variables = jax.device_get(build_model(config.model).init(jax.random.key(0), feats))
     save_model_dir(root / "runs" / "demo" / "model", config.model, join_variables(variables), config.frontend)
+    export(root / "runs" / "demo" / "model", root / "demo.jax")  # `python -m ecapa_jax.export runs/demo/model demo.jax`
     sf.write(root / "a.wav", speech_like(1.2, 16000, seed=1), 16000, subtype="PCM_16")
     sf.write(root / "b.flac", speech_like(0.9, 22050, seed=2, channels=2), 22050)
     return root
@@ -54,6 +56,7 @@ PROMISES = [
             and np.allclose(ns["emb"][0], ns["embeddings"][0], atol=1e-5)
         ),  # features path == waveform path
     ),
+    ("jax.export.deserialize", lambda ns: ns["embs"].shape == (2, 192) and np.all(np.isfinite(ns["embs"]))),
 ]
 
 
