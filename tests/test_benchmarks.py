@@ -2,7 +2,6 @@
 the MAC count against a hand-written formula; the timing helper's interleaving; bad options."""
 
 import argparse
-import importlib.util
 import os
 import re
 import sys
@@ -163,9 +162,10 @@ def test_memory_compares_processes(capsys):
 def test_parity_prints_differences_within_the_bounds(capsys):
     from benchmarks import parity
 
-    onnx = [] if importlib.util.find_spec("jax2onnx") else ["--no-onnx"]  # the onnx extra (make test installs it)
-    result = parity.main(["--channels", "16", "--frames", "300", "--chunk-frames", "100", *onnx])
+    # ONNX is left out here: tests/test_export.py runs its conversion, and it is the slow part.
+    result = parity.main(["--channels", "16", "--frames", "250", "--chunk-frames", "100", "--no-onnx"])
     out = capsys.readouterr().out
-    assert all(re.search(rf"   {re.escape(key)} +\d\.\de[-+]\d\d", out) for key in result), out
+    assert all(re.search(rf"   {re.escape(key)} +-?\d\.\de[-+]\d\d", out) for key in result), out
+    assert len(result) == 9  # .jax at two shapes vs the library and WeSpeaker, waveform rows, long-form (4)
     for key, value in result.items():
-        assert value <= (1e-4 if "onnx" in key else 1e-5), (key, value)
+        assert value <= 1e-5, (key, value)
