@@ -37,7 +37,6 @@ import soundfile as sf
 from benchmarks import common
 from benchmarks.embed import wespeaker_model
 from ecapa_jax.encoder import Buckets, Encoder, duration
-from ecapa_jax.models.ecapa import EcapaConfig
 
 
 def make_corpus(directory: str | Path, files: int, seconds: tuple[float, float], seed: int = 0) -> dict[str, str]:
@@ -116,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     p = common.add_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), repeats=1)
     p.add_argument("--files", type=int, default=200, help="utterances in the corpus")
     p.add_argument("--seconds", type=float, nargs=2, default=(2.0, 20.0), help="utterance durations, uniform")
-    p.add_argument("--model", default="glob_c512", choices=["c512", "c1024", "glob_c512", "glob_c1024"])
-    p.add_argument("--channels", type=int, default=0, help="override the channels (tiny smoke runs)")
+    common.add_model_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="our utterances per device batch")
     p.add_argument("--bucket-ratio", type=float, default=1.09, help="our growth between padded lengths")
     p.add_argument("--workers", type=int, default=2, help="our reading threads")
@@ -125,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     ecapa = common.wespeaker("models.ecapa_tdnn")
     torch = common.import_torch()
     pinned = common.pin_threads(args.threads)
-    config = EcapaConfig.preset(args.model)
-    config = config.replace(channels=args.channels) if args.channels else config
+    config = common.model_config(args)
     torch.manual_seed(0)
     theirs = wespeaker_model(ecapa, config)
     encoder = Encoder(config, common.wespeaker_variables(theirs), buckets=Buckets(ratio=args.bucket_ratio))

@@ -37,7 +37,6 @@ import soundfile as sf
 from benchmarks import common
 from benchmarks.embed import wespeaker_model
 from ecapa_jax.io.convert.wespeaker import wespeaker_to_dir
-from ecapa_jax.models.ecapa import EcapaConfig
 
 # WeSpeaker's side, run as `python -c`: argv = tests dir, model.pt, wav, out.npy, channels, global context, threads.
 WESPEAKER = """
@@ -121,16 +120,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     p.add_argument("--threads", type=int, default=2, help="CPUs for every process (default: 2)")
     p.add_argument("--minutes", type=float, default=10.0, help="length of the whole-file recording")
     p.add_argument("--window-minutes", type=float, default=60.0, help="length of the sliding-window recording")
-    p.add_argument("--model", default="glob_c512", choices=["c512", "c1024", "glob_c512", "glob_c1024"])
-    p.add_argument("--channels", type=int, default=0, help="override the channels (tiny smoke runs)")
+    common.add_model_arguments(p)
     args = p.parse_args(argv)
     if not 1 <= args.threads <= len(os.sched_getaffinity(0)):
         p.error(f"--threads must be in [1, {len(os.sched_getaffinity(0))}], got {args.threads}")
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])  # inherited by every child
     torch = common.import_torch()
     ecapa = common.wespeaker("models.ecapa_tdnn")
-    config = EcapaConfig.preset(args.model)
-    config = config.replace(channels=args.channels) if args.channels else config
+    config = common.model_config(args)
     print(
         common.banner({"model": f"{args.model} (channels {config.channels}), eval, float32", "threads": args.threads})
     )

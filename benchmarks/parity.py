@@ -25,31 +25,26 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
+from benchmarks.embed import wespeaker_model
 from ecapa_jax.encoder import embed_waveforms, load
 from ecapa_jax.io.convert.wespeaker import wespeaker_to_dir
 from ecapa_jax.io.export import export, load_artifact
-from ecapa_jax.models.ecapa import EcapaConfig
 from ecapa_jax.models.long_form import embed_long
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="glob_c512", choices=["c512", "c1024", "glob_c512", "glob_c1024"])
-    p.add_argument("--channels", type=int, default=0, help="override the channels (tiny smoke runs)")
+    common.add_model_arguments(p)
     p.add_argument("--frames", type=int, default=6001, help="frames of the long-form utterance")
     p.add_argument("--chunk-frames", type=int, default=1000, help="long-form chunk length")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True, help="also the ONNX artifact")
     args = p.parse_args(argv)
     oracles = common.oracles()
     torch = oracles.torch()
-    config = EcapaConfig.preset(args.model)
-    channels = args.channels or config.channels
+    config = common.model_config(args)
     torch.manual_seed(0)
-    theirs = oracles.wespeaker("models.ecapa_tdnn").ECAPA_TDNN(
-        channels=channels, feat_dim=80, embed_dim=192, global_context_att=config.global_context_att
-    )
+    theirs = wespeaker_model(oracles.wespeaker("models.ecapa_tdnn"), config)
     oracles.randomise_batchnorm(theirs)
-    theirs.eval()
 
     def wespeaker(feats: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -61,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         torch.save(theirs.state_dict(), tmp / "model.pt")
         wespeaker_to_dir(tmp / "model.pt", tmp / "model")
         encoder = load(tmp / "model")
-        print(f"model: {args.model} (channels {channels}), WeSpeaker random weights, random BatchNorm statistics")
+        print(
+            f"model: {args.model} (channels {config.channels}), WeSpeaker random weights, random BatchNorm statistics"
+        )
         for name in ("model.jax", "model.onnx") if args.onnx else ("model.jax",):
             export(tmp / "model", tmp / name)
             artifact = load_artifact(tmp / name)
