@@ -11,7 +11,7 @@ import oracles
 import pytest
 import soundfile as sf
 
-from ecapa_jax.io.kaldi_io import KaldiIOError
+from ecapa_jax.io.kaldi_io import KaldiIOError, read_utt2spk
 from train import augment
 from train.data import (
     DataConfig,
@@ -26,7 +26,6 @@ from train.data import (
     read_kaldi_dir,
     read_raw_list,
     read_shard_list,
-    read_utt2spk,
     speaker_ids,
 )
 from train.demo_corpus import DemoCorpus, write_dataset
@@ -192,7 +191,7 @@ def test_malformed_kaldi_dirs(tmp_path):
     with pytest.raises(DataError, match=r"not a Kaldi data directory, utt2spk is missing"):
         read_kaldi_dir(str(d))
     (d / "utt2spk").write_text("u1 s1\nu2 s2 extra\n")
-    with pytest.raises(DataError, match=r"utt2spk:2: expected 'utt spk'"):
+    with pytest.raises(KaldiIOError, match=r"utt2spk:2: expected 'utt spk'"):
         read_kaldi_dir(str(d))
     (d / "utt2spk").write_text("u1 s1\n")
     with pytest.raises(DataError, match=r"wav\.scp: utterance 'u2' has no speaker in .*utt2spk"):
