@@ -5,13 +5,18 @@ One job per module, in data-flow order:
 ==============  ==============================================================================
 config.py       `DataConfig` (every setting; defaults are WeSpeaker's recipe), `chunk_samples`
 lists.py        the list formats: raw JSON lines, tar shards, Kaldi dirs → `Utterance` lists
-source.py       `DataSource` (utterances + labels + audio reader), `make_source`, `demo_corpus`
-pipeline.py     the per-sample processing, a pure function of (seed, epoch, position)
+audio.py        audio tables: windows read in place from PCM WAVs, everything else packed once (int16)
+source.py       `DataSource` (utterances + labels + audio table), `make_source`, the noise/RIR banks
+pipeline.py     per step: which windows, noise and RIRs each sample needs (from seed, epoch, step), read
 loader.py       `Loader`: deterministic, resumable, per-process slices of global batches
-__main__.py     ``python -m train.data``: the loader's throughput
+__main__.py     ``python -m train.data``: the loader's throughput (same overrides as ``python -m train``)
+
+The host only reads and crops; the speed change, reverb, noise, peak normalisation, fbank and
+SpecAugment run in the jitted train step (`train.augment.DeviceAugment`).
 ==============  ==============================================================================
 """
 
+from train.data.audio import AudioRef, AudioTable, DemoTable, build_table
 from train.data.config import DATA_TYPES, DataConfig, DataError, chunk_samples
 from train.data.lists import (
     Utterance,
@@ -22,17 +27,24 @@ from train.data.lists import (
     speaker_ids,
 )
 from train.data.loader import Loader, measure_throughput
-from train.data.pipeline import Sample, SamplePipeline
-from train.data.source import DataSource, demo_corpus, make_source
+from train.data.pipeline import BatchReader, StepPlan
+from train.data.source import Bank, DataSource, demo_corpus, make_bank, make_source, utterance_table
 
 __all__ = [
     "DATA_TYPES",
+    "AudioRef",
+    "AudioTable",
+    "Bank",
+    "BatchReader",
+    "DemoTable",
+    "StepPlan",
+    "build_table",
+    "make_bank",
+    "utterance_table",
     "DataConfig",
     "DataError",
     "DataSource",
     "Loader",
-    "Sample",
-    "SamplePipeline",
     "Utterance",
     "chunk_samples",
     "demo_corpus",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 DATA_TYPES = ("raw", "shard", "kaldi", "demo")
-WORKER_TYPES = ("thread", "process")
 
 
 class DataError(ValueError):
@@ -26,23 +25,27 @@ class DataConfig:
       frame_shift_ms: fbank frame shift (``fbank_args.frame_shift``): sizes the chunks, and the step's fbank
         and the exported model's front-end use it (`train.config.TrainConfig.frontend`).
       frame_length_ms: fbank frame length (``fbank_args.frame_length``), likewise.
-      filter: apply the length filter.
-      min_num_frames: utterances shorter than this many frame shifts are replaced.
-      max_num_frames: longer utterances are randomly cropped to this many frame shifts first.
-      speed_perturb: speeds {1.0, 0.9, 1.1} uniformly, each a separate class.
-      aug_prob: probability of reverb or noise on a sample (needs ``noise_data``/``reverb_data``).
+      filter: apply WeSpeaker's length filter (the two fields below).
+      min_num_frames: utterances shorter than this many frame shifts are left out of every epoch, and
+        counted (``Loader.counts['filtered']``).
+      max_num_frames: a longer utterance is first cropped to this many frame shifts at a uniform
+        position, and the chunk placed uniformly inside that crop (WeSpeaker's order of draws).
+      speed_perturb: speeds {1.0, 0.9, 1.1} uniformly, each a separate class; done in the train step.
+      aug_prob: probability of reverb or noise on a sample (needs ``noise_data``/``reverb_data``); drawn
+        on the host, applied in the train step.
       noise_data: directory or list file of noise recordings (MUSAN); empty: no noise.
       reverb_data: directory or list file of room impulse responses; empty: no reverb.
       global_batch_size: samples per step over all processes (recipe: 128 per GPU × 2 GPUs).
       shuffle: shuffle each epoch.
       drop_last: epochs of ⌊N/G⌋ full batches; otherwise ⌈N/G⌉, the last one wrapping around.
       seed: seeds the shuffle and every per-sample draw (recipe: 42).
-      num_workers: loading workers; 0 loads in the calling thread.
-      worker_type: 'thread' (default: reading, resampling, FFT convolution and NumPy release the
-        GIL, and chunks need no pickling; measured faster here) or 'process' (spawned: the main
-        script needs the ``if __name__ == "__main__"`` guard).
-      prefetch_batches: batches loaded ahead of the consumer.
-      max_bad_fraction: the loader fails once more than this fraction of reads were unusable.
+      num_workers: reading threads (each fills its rows of a batch; reads and copies release the GIL),
+        also used to index and pack the audio; 0 reads in the calling thread.
+      prefetch_batches: batches read ahead of the consumer (with workers).
+      max_bad_fraction: the loader fails, naming files, once more than this fraction of the list
+        (unusable when indexed) or of the reads (failed later) were unusable.
+      cache_dir: where audio that cannot be read in place (compressed, resampled, VAD-cut) is packed
+        once (`train.data.audio`); empty: ``$XDG_CACHE_HOME/ecapa_jax/audio``.
       demo_speakers: training speakers of the demo corpus.
       demo_utts_per_speaker: utterances per demo speaker.
       demo_held_out: held-out demo speakers (for evaluation; never in the batches).
@@ -74,9 +77,9 @@ class DataConfig:
     drop_last: bool = True
     seed: int = 42
     num_workers: int = 4
-    worker_type: str = "thread"
     prefetch_batches: int = 4
     max_bad_fraction: float = 0.01
+    cache_dir: str = ""
     demo_speakers: int = 200
     demo_utts_per_speaker: int = 20
     demo_held_out: int = 40
@@ -93,8 +96,6 @@ class DataConfig:
             raise ValueError(f"data_type must be one of {DATA_TYPES}, got {self.data_type!r}")
         if self.data_type != "demo" and not self.train_data:
             raise ValueError(f"data_type {self.data_type!r} needs train_data (a list file or data directory)")
-        if self.worker_type not in WORKER_TYPES:
-            raise ValueError(f"worker_type must be one of {WORKER_TYPES}, got {self.worker_type!r}")
         if self.global_batch_size < 1 or self.num_frms < 1 or self.prefetch_batches < 1 or self.num_workers < 0:
             raise ValueError("global_batch_size, num_frms and prefetch_batches must be >= 1, num_workers >= 0")
         if not 0.0 <= self.aug_prob <= 1.0 or not 0.0 <= self.max_bad_fraction <= 1.0:
