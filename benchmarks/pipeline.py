@@ -63,7 +63,7 @@ def make_corpus(directory: str, num_utts: int, num_speakers: int = 50, noise_fil
     return {"train_data": data, "noise_data": musan, "reverb_data": rir_dir}
 
 
-def recipe_overrides(paths: dict, cache_dir: str, workers: int = 0) -> list[str]:
+def recipe_overrides(paths: dict, cache_dir: str, workers: int = 0, batch: int = 256) -> list[str]:
     """The `python -m train.data` / `python -m train` overrides of the recipe run on these paths."""
     return [
         "data.data_type=kaldi",
@@ -74,16 +74,16 @@ def recipe_overrides(paths: dict, cache_dir: str, workers: int = 0) -> list[str]
         "data.aug_prob=0.6",
         "data.speed_perturb=True",
         f"data.num_workers={workers}",
-        "data.global_batch_size=256",
+        f"data.global_batch_size={batch}",
         f"data.cache_dir={cache_dir}",
     ]
 
 
-def run_ours(paths: dict, cpus: Sequence[int], repeats: int, batches: int, workers: int, cache_dir: str) -> dict:
+def run_ours(paths: dict, cpus: Sequence[int], args: argparse.Namespace, cache_dir: str) -> dict:
     """``python -m train.data`` in a subprocess pinned to ``cpus``; its final JSON line."""
     cmd = ["taskset", "-c", ",".join(map(str, cpus)), sys.executable, "-m", "train.data"]
-    cmd += ["--config", "voxceleb_glob_c512", "--repeats", str(repeats), "--batches", str(batches)]
-    cmd += recipe_overrides(paths, cache_dir, workers)
+    cmd += ["--config", "voxceleb_glob_c512", "--repeats", str(args.repeats), "--batches", str(args.batches)]
+    cmd += recipe_overrides(paths, cache_dir, args.workers, args.batch)
     print("$ " + " ".join(cmd[3:]), flush=True)
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if out.returncode:
@@ -130,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, default=0, help="data.num_workers for ours")
     p.add_argument("--utts", type=int, default=600, help="utterances generated (4-12 s each)")
     p.add_argument("--noise-files", type=int, default=12, help="MUSAN-like files of 1-3 min")
+    p.add_argument("--rirs", type=int, default=200, help="RIRs of 0.5-1.5 s")
+    p.add_argument("--batch", type=int, default=256, help="global batch (the recipe's)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batches", type=int, default=20, help="timed batches of 256 per run (ours)")
     p.add_argument("--host-samples", type=int, default=300, help="samples timed for the host augmentation")
@@ -143,11 +145,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             paths = json.load(open(marker))
         else:
             start = time.perf_counter()
-            paths = make_corpus(root, args.utts, noise_files=args.noise_files)
+            paths = make_corpus(root, args.utts, noise_files=args.noise_files, rirs=args.rirs)
             json.dump(paths, open(marker, "w"))
-            print(f"generated {args.utts} utterances, {args.noise_files} noise files, 200 RIRs in "
+            print(f"generated {args.utts} utterances, {args.noise_files} noise files, {args.rirs} RIRs in "
                   f"{time.perf_counter() - start:.0f} s under {root}")  # fmt: skip
-        ours = run_ours(paths, cpus, args.repeats, args.batches, args.workers, os.path.join(root, "cache"))
+        ours = run_ours(paths, cpus, args, os.path.join(root, "cache"))
         os.sched_setaffinity(0, cpus)
         host = [host_augment_rate(paths, args.host_samples, seed) for seed in range(min(args.repeats, 3))]
     result = {
