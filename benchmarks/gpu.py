@@ -310,8 +310,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             paths = make_corpus(tmp, 12 if tiny else 600, noise_files=3 if tiny else 12, rirs=10 if tiny else 200)
             cpus = sorted(os.sched_getaffinity(0))  # the CPUs this process may use (a container's share)
             one, every = str(cpus[0]), ",".join(map(str, cpus))
-            for name, workers, cpus in (("1 core", 0, one), (f"{len(cpus)} cores", len(cpus), every)):
-                cmd = ["taskset", "-c", cpus, sys.executable, "-m", "train.data", "--config", "voxceleb_glob_c512"]
+            for name, workers, pinned in (("1 core", 0, one), (f"{len(cpus)} cores", len(cpus), every)):
+                cmd = ["taskset", "-c", pinned, sys.executable, "-m", "train.data", "--config", "voxceleb_glob_c512"]
                 cmd += ["--repeats", "1" if tiny else "3", "--batches", "1" if tiny else "10"]
                 cmd += recipe_overrides(paths, os.path.join(tmp, "cache"), workers, 4 if tiny else 256)
                 out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=_ROOT)
