@@ -78,7 +78,8 @@ def test_pipeline_prints_ratios(capsys, tmp_path):
     args = ["--utts", "12", "--noise-files", "3", "--rirs", "4", "--batch", "4", "--repeats", "1", "--batches", "1"]
     result = pipeline.main([*args, "--host-samples", "2", "--keep", str(tmp_path)])
     out = capsys.readouterr().out
-    assert len(_ratios(out)) == 1 and result["ours_samples_per_s"] > 0 and result["host_augment_samples_per_s"] > 0
+    assert len(_ratios(out)) == 2 and result["ours_samples_per_s"] > 0 and result["host_augment_samples_per_s"] > 0
+    assert result["grain_samples_per_s"] > 0  # grain is in the test extra
     assert (
         sorted(os.listdir(tmp_path / "musan")) == ["music", "noise", "speech"]
         and len(os.listdir(tmp_path / "rirs")) == 4

@@ -11,9 +11,11 @@ For the sample at position p of epoch e (this process reads its slice of each gl
   whose files are given), then a uniformly drawn RIR, or a noise file and a uniform window of it
   (tiled when the file is shorter than the chunk), read into the ``rir`` / ``noise`` rows.
 
-Every draw is a function of (seed, epoch, step) — one generator per step, a row per global position,
-each process taking its rows — so batches depend neither on the process count nor on the workers; an
-utterance that turns out unreadable is replaced by one drawn from (seed, epoch, position, attempt).
+Unlike WeSpeaker (shard order shuffled, then a 2,500-sample buffer), each epoch is one global
+permutation: better mixing, and a position in it is all a resumed run needs. Every draw is a function
+of (seed, epoch, step) — one generator per step, a row per global position, each process taking its
+rows — so batches depend neither on the process count nor on the workers; an utterance that turns out
+unreadable is replaced by one drawn from (seed, epoch, position, attempt).
 The speed, the SNR and the rest of the augmentation are drawn on the device (`train.augment.DeviceAugment`).
 """
 
