@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     from benchmarks.augment import loader_batch
     from benchmarks.flops import model_macs
-    from benchmarks.train_step import CLASSES, _jitted_step
+    from benchmarks.train_step import CLASSES, _jitted_step, fresh_state
     from ecapa_jax.encoder import embed_waveforms
     from ecapa_jax.frontend.kaldi import KaldiFrontEnd, wespeaker_features
     from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
@@ -185,9 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
             cfg = config.replace(dtype=dtype)
             model, head, tx, mesh, step = _jitted_step(cfg, classes)
-            state = train_step.replicate(
-                train_step.init_state(model, head, tx, jax.random.key(0), length, KaldiFrontEnd()), mesh
-            )
+            state = fresh_state(model, head, tx, mesh, length)
             placed = train_step.shard_batch({"wav": wav, "label": labels}, mesh)
             holder = [state]
 
@@ -289,9 +287,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rates = {}
         for name, a, host in (("without", None, plain), ("with", aug, loaded)):
             model, head, tx, mesh, step = _jitted_step(cfg, classes, a)
-            state = train_step.replicate(
-                train_step.init_state(model, head, tx, jax.random.key(0), length, KaldiFrontEnd()), mesh
-            )
+            state = fresh_state(model, head, tx, mesh, length)
             placed = train_step.shard_batch(host, mesh)
             holder = [state]
 

@@ -57,6 +57,12 @@ def _jitted_step(config: EcapaConfig, classes: int, augment=None):
     return model, head, tx, mesh, step
 
 
+def fresh_state(model, head, tx, mesh, samples: int) -> train_step.TrainState:
+    """A new train state on ``mesh``, initialised by one compiled program (as the trainer does; op by op is slow)."""
+    init = functools.partial(train_step.init_state, model, head, tx, num_samples=samples, frontend=TRAIN_FRONT_END)
+    return train_step.replicate(jax.jit(init)(jax.random.key(0)), mesh)
+
+
 def ours_step(config: EcapaConfig, classes: int, samples: int, augment=None) -> Callable[[dict], jax.Array]:
     """Our jitted, donated train step with fresh state; returns ``run(batch) -> loss`` (blocks).
 
@@ -67,9 +73,7 @@ def ours_step(config: EcapaConfig, classes: int, samples: int, augment=None) -> 
       augment: the step's waveform augmentation (`train.augment.DeviceAugment`), or None.
     """
     model, head, tx, mesh, step = _jitted_step(config, classes, augment)
-    state = train_step.replicate(
-        train_step.init_state(model, head, tx, jax.random.key(0), samples, TRAIN_FRONT_END), mesh
-    )
+    state = fresh_state(model, head, tx, mesh, samples)
     holder = {"state": state, "rng": jax.random.key(1)}
 
     def run(host_batch: dict) -> jax.Array:
