@@ -163,7 +163,9 @@ def test_tools_errors_are_2(tmp_path, capsys):
     one_line_error(capsys.readouterr().err, r"nowhere is not an ecapa_jax model directory: no such directory")
 
 
-@pytest.mark.parametrize("module", ["ecapa_jax.embed", "ecapa_jax.score", "ecapa_jax.metrics", "ecapa_jax.convert"])
+@pytest.mark.parametrize(
+    "module", ["ecapa_jax.embed", "ecapa_jax.score", "ecapa_jax.metrics", "ecapa_jax.convert", "train.data"]
+)
 def test_the_process_exits_by_the_rule_without_a_traceback(module, tmp_path):
     """The real ``python -m`` process: status 2, one line, no traceback, no runpy warning."""
     args = {
@@ -171,6 +173,7 @@ def test_the_process_exits_by_the_rule_without_a_traceback(module, tmp_path):
         "ecapa_jax.score": ["--embeddings", "e.npz", "--trials", "t", "--out", str(tmp_path / "s")],
         "ecapa_jax.metrics": [str(tmp_path / "missing.score")],
         "ecapa_jax.convert": ["to-wespeaker", str(tmp_path / "nowhere"), str(tmp_path / "x.pt")],
+        "train.data": ["data.data_type=kaldi", f"data.train_data={tmp_path / 'nowhere'}"],
     }[module]
     env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
     run = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)

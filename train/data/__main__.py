@@ -18,12 +18,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-from ecapa_jax.cli import EXIT_OK, command
+from ecapa_jax.cli import EXIT_OK, ArgumentParser, command
 from train.config import apply_overrides, load_config, preset_names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.data", description=__doc__.split("\n\n")[1])
+    p = ArgumentParser(prog="python -m train.data", description=__doc__.split("\n\n")[1])
     p.add_argument("--config", default="demo", help=f"a preset ({', '.join(preset_names())}) or a .py file")
     p.add_argument("--batches", type=int, default=20, help="timed batches per run")
     p.add_argument("--repeats", type=int, default=5, help="runs; the median is reported")
