@@ -16,7 +16,7 @@ On one accelerator, with JAX and PyTorch installed (plus this project's pure-Pyt
 3. embedding extraction, 64 × 10 s waveforms: ours (``encoder.embed_waveforms``, fp32 and bf16) vs
    WeSpeaker's model under ``inference_mode`` (fp32 and fp16 autocast), features precomputed;
 4. the device augmentation's share of the bf16 step (`train.augment.DeviceAugment` on a batch shaped
-   as the loader hands it over for the recipe);
+   as the loader hands it over for the recipe; float32 in ``--tiny`` mode);
 5. the host loader (`python -m train.data`) on generated VoxCeleb/MUSAN/RIRS-shaped data with the
    recipe's settings, one core and all cores (``num_workers`` = cores).
 
@@ -281,7 +281,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     def augmentation_share():
         aug = augment.DeviceAugment(length, num_speakers=max(classes // 3, 1), speed_perturb=True)
-        cfg = config.replace(dtype=jnp.bfloat16)
+        # bf16 on the accelerator; float32 in tiny mode, where it is the step `benchmarks.augment` compiled already
+        dtype_name, dtype = ("fp32", jnp.float32) if tiny else ("bf16", jnp.bfloat16)
+        cfg = config.replace(dtype=dtype)
         loaded = loader_batch(rng, batch, length, max(classes // 3, 1), min(24000, length))
         plain = {"wav": (0.1 * rng.standard_normal((batch, length))).astype(np.float32), "label": loaded["label"]}
         rates = {}
@@ -296,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 return metrics["loss"]
 
             rates[name] = timed(run, iters)
-            report.figure(f"ours bf16 step {name} device augmentation", batch / rates[name], "samples/s")
+            report.figure(f"ours {dtype_name} step {name} device augmentation", batch / rates[name], "samples/s")
         report.figure("device augmentation's share of the step", 100 * (rates["with"] / rates["without"] - 1), "%")
 
     def host_loader():
