@@ -199,7 +199,11 @@ def _is_state_dict(obj: object) -> bool:
 
 
 def _as_state_dict(
-    obj: object, path: Path, key: str | None = None, pick: Callable[[Mapping], bool] | None = None
+    obj: object,
+    path: Path,
+    key: str | None = None,
+    pick: Callable[[Mapping], bool] | None = None,
+    describe: Callable[[Mapping], str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Unwraps ``{'state_dict': sd}``, ``obj[key]`` or the one nested state_dict ``pick`` accepts, and DDP's
     ``module.`` prefix; checks every value is a tensor."""
@@ -216,7 +220,10 @@ def _as_state_dict(
         if len(chosen) == 1:
             obj = nested[chosen[0]]
         elif nested:
-            found = ", ".join(f"{k} ({len(v)} tensors)" for k, v in nested.items())
+            found = ", ".join(
+                f"{k} ({len(v)} tensors{': ' + describe(v) if describe is not None and describe(v) else ''})"
+                for k, v in nested.items()
+            )
             raise ValueError(f"{path} holds several state_dicts: {found}; choose one with key= (--key NAME)")
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict")
@@ -247,6 +254,7 @@ def load_state_dict(
     use_torch: bool = False,
     key: str | None = None,
     pick: Callable[[Mapping], bool] | None = None,
+    describe: Callable[[Mapping], str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Reads a PyTorch state_dict checkpoint into NumPy arrays.
 
@@ -260,6 +268,7 @@ def load_state_dict(
       key: the top-level entry that holds the state_dict (e.g. ``'ecapa_state_dict'``).
       pick: for a file holding several state_dicts and no ``key``: the one this predicate accepts, when
         exactly one is.
+      describe: names what each state_dict is in the error listing them.
 
     Returns:
       ``{key: array}`` in the file's order.
@@ -270,7 +279,7 @@ def load_state_dict(
         the message), an object that is not a state_dict, or several state_dicts to choose from (listed).
     """
     path = Path(path)
-    return _as_state_dict(load_checkpoint(path, use_torch=use_torch), path, key, pick)
+    return _as_state_dict(load_checkpoint(path, use_torch=use_torch), path, key, pick, describe)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -33,8 +33,8 @@ from ecapa_jax.io.convert.common import (
     check_leaves,
     convert_keys,
     flax_location,
-    identify,
     listing,
+    load_source,
     module_keys,
     not_this_format,
     template_shapes,
@@ -42,7 +42,7 @@ from ecapa_jax.io.convert.common import (
     torch_shape,
 )
 from ecapa_jax.io.convert.wespeaker import convert_projection, projection_to_torch, split_projection
-from ecapa_jax.io.torchzip import load_state_dict, save_state_dict
+from ecapa_jax.io.torchzip import save_state_dict
 from ecapa_jax.models.campplus import CamPPConfig
 
 FLAVOURS = ("speakerlab", "wespeaker")
@@ -218,11 +218,6 @@ def frontend_for(config: CamPPConfig, flavour: str) -> KaldiFrontEnd:
 # ----------------------------------------------------------------------------- files
 
 
-def _is_campplus(state_dict: Mapping[str, Any]) -> bool:
-    found = identify(state_dict)
-    return found is not None and found[1] == "campplus"
-
-
 def campplus_to_dir(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -244,7 +239,7 @@ def campplus_to_dir(
     Returns:
       ``(config, variables, projection)`` as written.
     """
-    state_dict = load_state_dict(src, key=key, pick=_is_campplus)
+    state_dict = load_source(src, "campplus", key)
     try:
         config, variables, projection = from_campplus(state_dict, flavour)
     except ValueError as e:

@@ -30,6 +30,7 @@ says which one it is and which command converts it.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from ecapa_jax.io.torchzip import load_state_dict
 from ecapa_jax.models import build_model
 
 Location = tuple[str, ...]  # (collection, *module path, leaf)
@@ -197,6 +199,21 @@ def identify(keys: Iterable[str]) -> tuple[str, str] | None:
     return None
 
 
+def load_source(src: str | os.PathLike, command: str, key: str | None = None, use_torch: bool = False) -> dict:
+    """The state_dict in ``src`` for the ``command`` converter: ``src[key]``, or the one nested state_dict of
+    that architecture when ``src`` holds several (each listed with what it is otherwise)."""
+
+    def is_mine(state_dict: Mapping) -> bool:
+        found = identify(state_dict)
+        return found is not None and found[1] == command
+
+    def describe(state_dict: Mapping) -> str:
+        found = identify(state_dict)
+        return f"{found[0]}, `python -m ecapa_jax.convert {found[1]}`" if found else ""
+
+    return load_state_dict(src, key=key, use_torch=use_torch, pick=is_mine, describe=describe)
+
+
 def not_this_format(keys: Iterable[str], expected: str, command: str) -> str | None:
     """The message for a state_dict of another known architecture given to the ``command`` converter, or None."""
     found = identify(keys)
@@ -215,6 +232,7 @@ __all__ = [
     "flax_location",
     "identify",
     "listing",
+    "load_source",
     "module_keys",
     "not_this_format",
     "reverse_axes",

@@ -56,14 +56,14 @@ from ecapa_jax.io.convert.common import (
     check_leaves,
     convert_keys,
     flax_location,
-    identify,
     listing,
+    load_source,
     module_keys,
     not_this_format,
     template_shapes,
     to_torch,
 )
-from ecapa_jax.io.torchzip import load_checkpoint, load_state_dict, save_state_dict
+from ecapa_jax.io.torchzip import load_checkpoint, save_state_dict
 from ecapa_jax.models.ecapa import EcapaConfig
 
 SPKREC_DILATIONS = (1, 2, 3, 4, 1)  # spkrec-ecapa-voxceleb, and SpeechBrain's class default
@@ -381,11 +381,6 @@ def read_embedding_norm(path: str | os.PathLike, std_norm: bool = False) -> dict
 # ----------------------------------------------------------------------------- files
 
 
-def _is_speechbrain(state_dict: Mapping[str, Any]) -> bool:
-    found = identify(state_dict)
-    return found is not None and found[1] == "speechbrain"
-
-
 def speechbrain_to_dir(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -415,7 +410,7 @@ def speechbrain_to_dir(
     Returns:
       ``(config, variables)`` as written.
     """
-    state_dict = load_state_dict(src, key=key, pick=_is_speechbrain)
+    state_dict = load_source(src, "speechbrain", key)
     params = read_hparams(hparams) if hparams is not None else None
     try:
         config, variables = from_speechbrain(state_dict, dilations, params)

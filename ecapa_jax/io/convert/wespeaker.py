@@ -35,13 +35,14 @@ from ecapa_jax.io.convert.common import (
     convert_keys,
     flax_location,
     listing,
+    load_source,
     module_keys,
     not_this_format,
     template,
     to_torch,
     torch_shape,
 )
-from ecapa_jax.io.torchzip import load_state_dict, save_state_dict
+from ecapa_jax.io.torchzip import save_state_dict
 from ecapa_jax.models.ecapa import EcapaConfig
 from ecapa_jax.models.pooling import POOLINGS
 
@@ -365,7 +366,7 @@ def wespeaker_to_dir(
     Returns:
       ``(config, variables, projection)`` as written.
     """
-    state_dict = load_state_dict(src, use_torch=use_torch)
+    state_dict = load_source(src, "wespeaker", use_torch=use_torch)
     try:
         config, variables, projection = from_wespeaker(state_dict, pooling)
     except ValueError as e:
