@@ -82,7 +82,6 @@ def randomise_batchnorm(module, seed: int = 0) -> None:
             if isinstance(m, t.nn.BatchNorm1d | t.nn.BatchNorm2d):
                 m.running_mean.copy_(t.randn(m.running_mean.shape, generator=g) * 0.5)
                 m.running_var.copy_(t.rand(m.running_var.shape, generator=g) + 0.5)
-                m.num_batches_tracked.fill_(100 + seed)
                 if m.affine:
                     m.weight.copy_(t.rand(m.weight.shape, generator=g) + 0.5)
                     m.bias.copy_(t.randn(m.bias.shape, generator=g) * 0.1)
