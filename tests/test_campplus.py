@@ -92,7 +92,7 @@ def test_detects_the_architecture_and_counts(tiny):
 def test_embeddings_match_speakerlab(tiny, frames):
     model, config, variables = tiny
     feats = features(2, frames, seed=frames)
-    assert_close(ours(config, variables, feats), torch_embed(model, feats))  # measured ≤ 2.5e-6, 1 − cos ≤ 1.2e-7
+    assert_close(ours(config, variables, feats), torch_embed(model, feats))  # measured ≤ 2.5e-6, 1 − cos ≤ 1.6e-13
 
 
 def test_embeddings_match_wespeaker_campplus(tiny):
@@ -118,7 +118,7 @@ def test_padded_batch_equals_one_at_a_time(tiny, valid):
     batch = features(2, 1001, seed=5)
     got = ours(config, variables, batch, [1001, valid])
     np.testing.assert_allclose(got[0], ours(config, variables, batch)[0], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(got[1], ours(config, variables, batch[:, :valid])[1], rtol=0, atol=5e-6)
+    np.testing.assert_allclose(got[1], ours(config, variables, batch[:, :valid])[1], rtol=0, atol=5e-6)  # 1.8e-6
 
 
 def test_segment_means_are_ceil_mode_average_pooling():
@@ -143,7 +143,7 @@ def test_train_mode_matches_speakerlab(tiny):
     apply = jax.jit(lambda v, x: build_model(config).apply(v, x, train=True, mutable=["batch_stats"]))
     (got, _), updates = apply(variables, feats)
     print(f"CAM++ train mode: max |Δ| {np.abs(np.asarray(got) - want).max():.2e}")
-    # The last BN normalises the embedding over the B = 8 rows of the batch, amplifying rounding.
+    # The last BN normalises the embedding over the B = 8 rows of the batch, amplifying rounding: measured 8.7e-5.
     np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-4)
     after = to_campplus(config, {"params": variables["params"], **updates})
     for key, value in trained.state_dict().items():  # 2-D and 1-D BNs: momentum 0.1, unbiased running var
