@@ -135,6 +135,7 @@ class BnRelu(nn.Module):
 
 
 def _conv(features: int, kernel: int, dtype: Dtype, name: str, *, dilation=1, stride=1, use_bias=False) -> nn.Conv:
+    """3D-Speaker's Conv1d: zero 'same' padding, no bias unless asked (feed it ``apply_mask(x, mask)``)."""
     return conv1d(features, kernel, dilation, dtype, name, stride=stride, use_bias=use_bias)
 
 
@@ -152,7 +153,7 @@ def segment_means(x: Array, mask: Array | None, seg_len: int) -> Array:
     Returns:
       (B, S, C) in ``stat_dtype``, S = ⌈T / seg_len⌉; a segment with no valid frame is 0.
     """
-    batch, frames, channels = x.shape
+    batch, frames = x.shape[:2]
     segments = -(-frames // seg_len)
     m = jnp.ones((batch, frames), stat_dtype(x.dtype)) if mask is None else mask.astype(stat_dtype(x.dtype))
     pad = segments * seg_len - frames

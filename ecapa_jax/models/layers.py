@@ -112,8 +112,11 @@ def conv1d(
 def conv_input(x: Array, mask: Array | None, kernel: int, dilation: int, padding: str) -> Array:
     """What a ``conv1d(..., padding=padding)`` of this kernel and dilation takes for (B, T, C) x with its mask.
 
-    Returns ``apply_mask(x, mask)`` (B, T, C) for zero padding, ``reflect_pad`` (B, T + 2p, C) for reflection.
+    Returns ``apply_mask(x, mask)`` (B, T, C) for zero padding, ``reflect_pad`` (B, T + 2p, C) for reflection,
+    and x itself for a 1×1 conv (no time mixing: padded frames cannot reach valid ones).
     """
+    if kernel == 1:
+        return x
     if padding == "zeros":
         return apply_mask(x, mask)
     return reflect_pad(x, dilation * (kernel - 1) // 2, mask)
