@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ecapa_jax.frontend.audio import load_audio
+from ecapa_jax.frontend.audio import load_audio, resample
 
 CACHE_ENV = "ECAPA_JAX_CACHE"
 
@@ -182,8 +182,6 @@ def read_g722(path: str | os.PathLike) -> np.ndarray:
 def read_clip(clip: Clip, sample_rate: int = 16000) -> np.ndarray:
     """The clip as mono float32 at ``sample_rate`` (G.722 decoded, anything else through ``load_audio``)."""
     if clip.path.suffix == ".g722":
-        from ecapa_jax.frontend.audio import resample
-
         return resample(read_g722(clip.path), G722_RATE, sample_rate)
     return load_audio(clip.path, sample_rate)
 
