@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from ecapa_jax.cli import EXIT_OK, command
+from ecapa_jax.cli import EXIT_OK, ArgumentParser, command
 from ecapa_jax.io.convert.campplus import FLAVOURS, campplus_to_dir, dir_to_campplus
 from ecapa_jax.io.convert.speechbrain import dir_to_speechbrain, speechbrain_to_dir
 from ecapa_jax.io.convert.wespeaker import dir_to_wespeaker, wespeaker_to_dir
@@ -69,7 +69,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ecapa_jax.convert", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ecapa_jax.convert", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("wespeaker", help="WeSpeaker .pt checkpoint → ecapa_jax model directory")
     p.add_argument("src", help="WeSpeaker checkpoint (model_N.pt, avg_model.pt)")

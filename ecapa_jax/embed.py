@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecapa_jax.cli import EXIT_OK, EXIT_PARTIAL, command, error
+from ecapa_jax.cli import EXIT_OK, EXIT_PARTIAL, ArgumentParser, command, error
 from ecapa_jax.encoder import load
 from ecapa_jax.io import kaldi_io
 from ecapa_jax.io.files import check_output_file
@@ -79,7 +79,7 @@ def write_embeddings(path: str | os.PathLike, vectors: Mapping[str, np.ndarray],
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ecapa_jax.embed", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ecapa_jax.embed", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="ecapa_jax model directory (python -m ecapa_jax.convert)")
     parser.add_argument("files", nargs="*", help="audio files; their names without extension are the ids")
     parser.add_argument("--wav-scp", help="Kaldi wav.scp ('id path' per line) instead of FILES")
