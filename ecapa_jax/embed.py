@@ -1,18 +1,20 @@
 """Command line: speaker embeddings of audio files, one vector per utterance or per sliding window.
 
     python -m ecapa_jax.embed --model DIR (FILES... | --wav-scp wav.scp) --out emb.npz
-                              [--format npz|ark] [--batch-size N] [--workers N] [--chunk-frames N]
-                              [--bucket-ratio R] [--window SECONDS [--shift SECONDS]]
+                              [--format npz|ark] [--batch-size N] [--normalize] [--workers N]
+                              [--chunk-frames N] [--bucket-ratio R] [--window SECONDS [--shift SECONDS]]
 
 Utterance ids are the ``wav.scp`` keys, or the file names without their extension for FILES (two
-files with one name are an error). Embeddings are WeSpeaker's inference ones (``Encoder.embed_files``:
-whole utterances, 16 kHz, no mean subtraction) and are written as ``.npz`` (id → (E,) float32) or as a
-Kaldi archive with its index beside it (``emb.ark`` + ``emb.scp``, as WeSpeaker's ``xvector.ark/scp``);
-``python -m ecapa_jax.score`` reads either. Batches are padded to lengths growing by ``--bucket-ratio``
-(``Buckets``). Files are read on ``--workers`` threads while the device embeds;
-files longer than ``--chunk-frames`` frames (30 s) are streamed and embedded whole in chunks, with the same
-result and memory that does not grow with their length (``ecapa_jax.models.long_form``). A progress bar runs
-on stderr; the last line reports files/s and the real-time factor (wall time / audio time).
+files with one name are an error). Embeddings are the source toolkit's inference ones
+(``Encoder.embed_files`` with the front-end the model directory records: whole utterances, 16 kHz, no
+mean subtraction; ``--normalize`` applies SpeechBrain's recorded embedding normalisation,
+``Encoder.normalize``) and are written as ``.npz`` (id → (E,) float32) or as a Kaldi archive with its
+index beside it (``emb.ark`` + ``emb.scp``, as WeSpeaker's ``xvector.ark/scp``); ``python -m
+ecapa_jax.score`` reads either. Batches are padded to lengths growing by ``--bucket-ratio`` (``Buckets``).
+Files are read on ``--workers`` threads while the device embeds; files longer than ``--chunk-frames``
+frames (30 s) are streamed and embedded whole in chunks, with the same result and memory that does not grow
+with their length (``ecapa_jax.models.long_form``). A progress bar runs on stderr; the last line reports
+files/s and the real-time factor (wall time / audio time).
 
 With ``--window`` (and ``--shift``, default half the window; WeSpeaker's diarization uses 1.5 / 0.75) every
 file gives one embedding per sliding window (``Encoder.embed_file_windows``, streamed: memory does not grow
@@ -99,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="embeddings to write: .npz, or .ark (+ .scp beside it)")
     parser.add_argument("--format", choices=sorted(FORMATS.values()), help="default: from the --out extension")
     parser.add_argument("--batch-size", type=int, default=16, help="utterances per device batch (default 16)")
+    parser.add_argument(
+        "--normalize", action="store_true", help="apply the model's embedding normalisation (SpeechBrain's)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="threads reading and decoding files (default 4)")
     parser.add_argument(
         "--chunk-frames",
@@ -171,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = kaldi_io.read_wav_scp(args.wav_scp) if args.wav_scp else file_ids(args.files)
     buckets = Buckets(ratio=args.bucket_ratio)
     encoder = dataclasses.replace(load(args.model), chunk_frames=args.chunk_frames or None, buckets=buckets)
+    if args.normalize and encoder.embedding_norm is None:
+        raise ValueError(f"--normalize: {args.model} records no embedding normalisation (see --embedding-norm)")
 
     start = time.perf_counter()
     if args.window is None:
@@ -180,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         embeddings, failures, segments = window_embeddings(encoder, table, args.window, args.shift, args.batch_size)
         done = {utt for _, utt, _, _ in segments}
     wall = time.perf_counter() - start
+    if args.normalize:
+        embeddings = {key: encoder.normalize(e) for key, e in embeddings.items()}
     for utt, reason in failures.items():
         error(f"{utt}: {reason}")
     written = write_embeddings(args.out, embeddings, FORMATS[suffix])

@@ -165,7 +165,8 @@ def test_tools_errors_are_2(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "module", ["ecapa_jax.embed", "ecapa_jax.score", "ecapa_jax.metrics", "ecapa_jax.convert", "ecapa_jax.export"]
+    "module",
+    ["ecapa_jax.embed", "ecapa_jax.score", "ecapa_jax.metrics", "ecapa_jax.convert", "ecapa_jax.export", "train.data"],
 )
 def test_the_process_exits_by_the_rule_without_a_traceback(module, tmp_path):
     """The real ``python -m`` process: status 2, one line, no traceback, no runpy warning."""
@@ -175,6 +176,7 @@ def test_the_process_exits_by_the_rule_without_a_traceback(module, tmp_path):
         "ecapa_jax.metrics": [str(tmp_path / "missing.score")],
         "ecapa_jax.convert": ["to-wespeaker", str(tmp_path / "nowhere"), str(tmp_path / "x.pt")],
         "ecapa_jax.export": [str(tmp_path / "nowhere"), str(tmp_path / "x.jax")],
+        "train.data": ["data.data_type=kaldi", f"data.train_data={tmp_path / 'nowhere'}"],
     }[module]
     env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
     run = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)

@@ -274,6 +274,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
         scale=config.head_config(1).scale,
         frontend=frontend.with_dither(config.dither),
         spec_augment=spec_aug,
+        augment=loader.device_augment,
     )
     mesh = data_mesh()
     step_fn = jit_train_step(train_step, mesh)
@@ -345,7 +346,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
             batch = next(batches)
             data = {"data_epoch": position["epoch"], "data_step": position["step"]}
             data["index_crc"] = zlib.crc32(batch["index"].tobytes())
-            state, metrics = step_fn(state, shard_batch({k: batch[k] for k in ("wav", "label")}, mesh), rng)
+            state, metrics = step_fn(state, shard_batch({k: batch[k] for k in loader.device_keys}, mesh), rng)
             if pending is not None:
                 finish(pending)
             pending = {"step": step, "metrics": metrics, "data": data}

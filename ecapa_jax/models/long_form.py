@@ -8,9 +8,10 @@ how many); its reductions are the ``UtteranceStats`` modules (``ecapa_jax.models
 squeeze in each block, the pooling's global context and its statistics. Everything after the pooling is
 per utterance. So the embedding of a long file is computed in passes over chunks of its features:
 
-    chunks     frames [s, s + L) of the file, read as [s − H, s + L + H): the halo H = context_frames makes
-               every frame of [s, s + L) exactly what the whole-file pass computes there; frames outside
-               the file are zero and masked, as the whole file's 'same' padding sees them
+    chunks     frames [s, s + L) of the file, read as [s − H, s + L + H) ∩ file: the halo H = context_frames
+               makes every frame of [s, s + L) exactly what the whole-file pass computes there. A chunk's
+               frames start its array and are its valid prefix, so the model pads (zeros or reflection) at
+               the file's own ends exactly as for the whole file
     pass k     for reduction k (in the order the model computes them), with reductions 1 … k − 1 supplied:
                run every chunk, summarise what reduction k sees on the chunk's own frames
                (``stats.weighted_moments``) and merge the summaries over the chunks (``stats.merge_moments``,
@@ -49,7 +50,7 @@ def chunk_starts(frames: int, chunk_frames: int) -> list[int]:
 
 
 def chunk_input(feats: np.ndarray, start: int, chunk_frames: int, halo: int) -> tuple[np.ndarray, ...]:
-    """One chunk as the model reads it: its frames with ``halo`` frames on each side.
+    """One chunk as the model reads it: its frames with up to ``halo`` frames on each side, left-aligned.
 
     Args:
       feats: (T, F) the file's features.
@@ -58,17 +59,17 @@ def chunk_input(feats: np.ndarray, start: int, chunk_frames: int, halo: int) -> 
       halo: H.
 
     Returns:
-      ``(x (1, L + 2H, F), valid (1, L + 2H), own (1, L + 2H))``: x is zero outside the file; ``valid`` marks
-      the frames inside the file (the model's mask) and ``own`` the chunk's frames [start, start + L) ∩ file.
+      ``(x (1, L + 2H, F), valid (1, L + 2H), own (1, L + 2H))``: x holds file frames [a, b) =
+      [start − H, start + L + H) ∩ [0, T) from its first row on, zeros after; ``valid`` marks them (a prefix:
+      the model's mask) and ``own`` the chunk's frames [start, start + L) ∩ [0, T) among them.
     """
     total, dim = feats.shape
     size = chunk_frames + 2 * halo
-    lo = start - halo
-    a, b = max(lo, 0), min(lo + size, total)
+    a, b = max(start - halo, 0), min(start + chunk_frames + halo, total)
     x = np.zeros((1, size, dim), np.float32)
-    x[0, a - lo : b - lo] = feats[a:b]
-    index = np.arange(size) + lo  # file frame of each chunk frame
-    valid = (index >= 0) & (index < total)
+    x[0, : b - a] = feats[a:b]
+    index = np.arange(size) + a  # the file frame of each row
+    valid = index < b
     own = valid & (index >= start) & (index < start + chunk_frames)
     return x, valid[None], own[None]
 

@@ -37,10 +37,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ecapa_jax.models.layers import BatchNorm
 from ecapa_jax.stats import STD_EPS, stat_dtype, temporal_mean, temporal_std
 
 Array = jnp.ndarray
 Dtype = Any
+
+SPEECHBRAIN_STD_EPS = 1e-12  # SpeechBrain's AttentiveStatisticsPooling.eps (a clamp of the variance)
+ASTP_VARIANTS = ("wespeaker", "speechbrain")
 
 # ----------------------------------------------------------------------------- pure statistics
 
@@ -53,44 +57,54 @@ def attention_weights(scores: Array, mask: Array | None = None) -> Array:
     return nn.softmax(scores, axis=1)
 
 
-def attentive_moments(x: Array, alpha: Array) -> tuple[Array, Array]:
-    """Attention-weighted mean and variance: mu = Σ_t α_t x_t, var = Σ_t α_t x_t² − mu².
+def attentive_moments(x: Array, alpha: Array, centered: bool = False) -> tuple[Array, Array]:
+    """Attention-weighted mean and biased variance: mu = Σ_t α_t x_t, var = Σ_t α_t x_t² − mu².
 
-    The variance is the biased, weighted E[x²] − E[x]² form that WeSpeaker uses.
+    The variance is the weighted E[x²] − E[x]² form that WeSpeaker uses; with ``centered``, Σ_t α_t (x_t − mu)²
+    as SpeechBrain writes it (equal in exact arithmetic; it does not cancel when |mu| ≫ sigma).
 
     Args:
       x: (B, T, C).
       alpha: (B, T, C) or (B, T, 1) weights summing to one over T (zero on padded frames).
+      centered: SpeechBrain's centred form of the variance.
 
     Returns:
       ``(mu, var)``, each (B, C) in ``stat_dtype``.
     """
     x = x.astype(stat_dtype(x.dtype))
     mean = jnp.sum(alpha * x, axis=1)  # (B, C)
+    if centered:
+        return mean, jnp.sum(alpha * jnp.square(x - mean[:, None, :]), axis=1)
     return mean, jnp.sum(alpha * jnp.square(x), axis=1) - jnp.square(mean)
 
 
-def attentive_statistics(x: Array, alpha: Array, eps: float = STD_EPS) -> Array:
+def attentive_statistics(x: Array, alpha: Array, eps: float = STD_EPS, centered: bool = False) -> Array:
     """Attention-weighted mean and standard deviation (Okabe et al., arXiv:1803.10963).
 
-    mu = Σ_t α_t x_t,  sigma = sqrt(max(var, eps)) with ``attentive_moments``' variance, clamped (not
-    offset) by ``eps`` as WeSpeaker does.
+    mu = Σ_t α_t x_t,  sigma = sqrt(max(var, eps)) with ``attentive_moments``' variance, clamped (not offset)
+    by ``eps`` as WeSpeaker and SpeechBrain do.
 
     Args:
       x: (B, T, C).
       alpha: (B, T, C) or (B, T, 1) weights summing to one over T (zero on padded frames).
-      eps: lower clamp of the variance.
+      eps: lower clamp of the variance (WeSpeaker 1e-7, SpeechBrain 1e-12).
+      centered: SpeechBrain's centred form of the variance.
 
     Returns:
       (B, 2C) in ``stat_dtype``: [mu, sigma].
     """
-    mean, var = attentive_moments(x, alpha)
-    return _mean_std(mean, var, eps)
+    return _mean_std(*attentive_moments(x, alpha, centered), eps)
 
 
 def _mean_std(mean: Array, var: Array, eps: float) -> Array:
     """[mean, sqrt(max(var, eps))]: (B, C), (B, C) → (B, 2C)."""
     return jnp.concatenate([mean, jnp.sqrt(jnp.maximum(var, eps))], axis=-1)
+
+
+def uniform_weights(x: Array, mask: Array | None) -> Array:
+    """α_t = 1 / (valid frames) on the valid frames, 0 elsewhere: (B, T, C), (B, T) → (B, T, 1)."""
+    m = jnp.ones(x.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)  # (B, T)
+    return (m / jnp.sum(m, axis=1, keepdims=True))[..., None]
 
 
 # ----------------------------------------------------------------------------- reductions over time
@@ -103,12 +117,13 @@ KINDS = ("mean", "mean_std", "attentive")
 class UtteranceStats(nn.Module):
     """A statistic over all valid frames of each utterance: the only non-local step in time of a model.
 
-    ``kind`` says which (x (B, T, C), mask (B, T), scores (B, T, D) with D = C or 1):
+    ``kind`` says which (x (B, T, C), mask (B, T), scores (B, T, D) with D = C or 1, or None):
 
     ==========  ===========================================================================  ==============
     mean        ``temporal_mean`` (SE squeeze, TAP)                                           (B, C)
     mean_std    ``temporal_mean`` and ``temporal_std`` (unbiased variance + ``eps``)          (B, C), (B, C)
-    attentive   ``attentive_moments`` with α = softmax_t(scores) (ASTP, MHASTP, SAP)          (B, C), (B, C)
+    attentive   ``attentive_moments`` with α = softmax_t(scores), uniform without scores      (B, C), (B, C)
+                (ASTP, MHASTP, SAP; SpeechBrain's global context), ``centered`` as there
     ==========  ===========================================================================  ==============
 
     With the ``utterance_stats`` collection holding ``moments`` for this module (``stats.weighted_moments`` of
@@ -119,6 +134,7 @@ class UtteranceStats(nn.Module):
 
     kind: str
     eps: float = STD_EPS
+    centered: bool = False
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, scores: Array | None = None):
@@ -137,7 +153,8 @@ class UtteranceStats(nn.Module):
             return temporal_mean(x, mask)
         if self.kind == "mean_std":
             return temporal_mean(x, mask), temporal_std(x, mask, self.eps)
-        return attentive_moments(x, attention_weights(scores, mask))
+        alpha = uniform_weights(x, mask) if scores is None else attention_weights(scores, mask)
+        return attentive_moments(x, alpha, self.centered)
 
 
 def _conv1x1(features: int, dtype: Dtype, name: str) -> nn.Conv:
@@ -187,7 +204,8 @@ class TAP(nn.Module):
     """Temporal average pooling. (B, T, C) → (B, C)."""
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         return UtteranceStats("mean", name="stats")(x, mask)
 
     def out_dim(self, in_dim: int) -> int:
@@ -198,7 +216,8 @@ class TSDP(nn.Module):
     """Temporal standard-deviation pooling. (B, T, C) → (B, C)."""
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         return UtteranceStats("mean_std", name="stats")(x, mask)[1]
 
     def out_dim(self, in_dim: int) -> int:
@@ -209,7 +228,8 @@ class TSTP(nn.Module):
     """Temporal statistics pooling, [mean, std] as in the x-vector. (B, T, C) → (B, 2C)."""
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         return jnp.concatenate(UtteranceStats("mean_std", name="stats")(x, mask), axis=-1)
 
     def out_dim(self, in_dim: int) -> int:
@@ -220,26 +240,45 @@ class ASTP(nn.Module):
     """Attentive statistics pooling (Desplanques et al., arXiv:2005.07143), channel-wise attention.
 
     α = softmax_t(linear2(tanh(linear1(x_in)))), where x_in is x or, with ``global_context_att``,
-    [x, mean_t x, std_t x] broadcast over time (the std with the unbiased variance + 1e-7; computed
-    without materialising the (B, T, 3C) concatenation, see ``_GlobalContextConv1x1``).
-    The statistics are always taken of x itself. No ReLU/BN in the attention, as in WeSpeaker.
+    [x, mean_t x, std_t x] broadcast over time (computed without materialising the (B, T, 3C)
+    concatenation, see ``_GlobalContextConv1x1``). The statistics are always taken of x itself.
+
+    ``variant`` selects whose numerics:
+
+    - ``'wespeaker'``: no ReLU/BN in the attention; the context std uses the unbiased variance + 1e-7;
+      the pooled std is sqrt(max(E_α[x²] − E_α[x]², 1e-7)).
+    - ``'speechbrain'`` (``AttentiveStatisticsPooling``): linear1 is a TDNN block, linear1 → ReLU → BN
+      (leaf ``bn``) before the tanh; the context mean/std are the uniform-weight case of the pooled
+      statistics; every std is the centred, biased sqrt(max(Σ α (x − mu)², 1e-12)).
+
     (B, T, C) → (B, 2C).
     """
 
     bottleneck_dim: int = 128
     global_context_att: bool = False
     dtype: Dtype = jnp.float32
+    variant: str = "wespeaker"
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        if self.variant not in ASTP_VARIANTS:
+            raise ValueError(f"ASTP variant {self.variant!r} is not one of {ASTP_VARIANTS}")
+        speechbrain = self.variant == "speechbrain"
+        eps = SPEECHBRAIN_STD_EPS if speechbrain else STD_EPS
         channels = x.shape[-1]
         if self.global_context_att:
-            context = jnp.concatenate(UtteranceStats("mean_std", name="context")(x, mask), axis=-1)  # (B, 2C)
+            if speechbrain:  # the uniform-weight case of the pooled statistics
+                moments = UtteranceStats("attentive", centered=True, name="context")(x, mask)
+                context = _mean_std(*moments, eps)  # (B, 2C)
+            else:
+                context = jnp.concatenate(UtteranceStats("mean_std", name="context")(x, mask), axis=-1)  # (B, 2C)
             h = _GlobalContextConv1x1(self.bottleneck_dim, self.dtype, name="linear1")(x, context)
         else:
             h = _conv1x1(self.bottleneck_dim, self.dtype, "linear1")(x)  # (B, T, bottleneck)
+        if speechbrain:
+            h = BatchNorm(dtype=self.dtype, name="bn")(nn.relu(h), train=train, mask=mask)
         scores = _conv1x1(channels, self.dtype, "linear2")(jnp.tanh(h))  # (B, T, C)
-        return _mean_std(*UtteranceStats("attentive", name="stats")(x, mask, scores), STD_EPS)
+        return _mean_std(*UtteranceStats("attentive", centered=speechbrain, name="stats")(x, mask, scores), eps)
 
     def out_dim(self, in_dim: int) -> int:
         return 2 * in_dim
@@ -261,7 +300,8 @@ class MHASTP(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         channels = x.shape[-1]
         if channels % self.head_num:
             raise ValueError(f"MHASTP input channels {channels} are not divisible by head_num {self.head_num}")
@@ -293,7 +333,8 @@ class MQMHASTP(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         queries = [
             MHASTP(self.layer_num, self.head_num, self.d_s, self.bottleneck_dim, self.dtype, name=f"n_query_{q}")(
                 x, mask
@@ -318,7 +359,8 @@ class SAP(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         h = jnp.tanh(_conv1x1(self.bottleneck_dim, self.dtype, "linear")(x))  # (B, T, bottleneck)
         u = self.param("attention", nn.initializers.normal(stddev=0.1), (self.bottleneck_dim,), jnp.float32)
         scores = h.astype(stat_dtype(h.dtype)) @ u[:, None]  # (B, T, 1)
@@ -339,17 +381,26 @@ POOLINGS: dict[str, type[nn.Module]] = {
 }
 
 
-def make_pooling(kind: str, *, global_context_att: bool = False, dtype: Dtype = jnp.float32, **kwargs) -> nn.Module:
+def make_pooling(
+    kind: str,
+    *,
+    global_context_att: bool = False,
+    dtype: Dtype = jnp.float32,
+    variant: str = "wespeaker",
+    bottleneck_dim: int = 128,
+    **kwargs,
+) -> nn.Module:
     """The pooling ``kind`` (a key of ``POOLINGS``) with WeSpeaker's defaults, as ECAPA builds it.
 
-    ``global_context_att`` only affects ASTP (WeSpeaker's other poolings ignore it too). Other
-    keyword arguments (``name``, hyper-parameters) go to the module.
+    ``global_context_att``, ``variant`` and ``bottleneck_dim`` only affect ASTP (WeSpeaker's other poolings
+    ignore the first too). Other keyword arguments (``name``, hyper-parameters) go to the module. Every
+    pooling is called as ``pool(x (B, T, C), mask (B, T) or None, train=...)``.
     """
     if kind not in POOLINGS:
         raise ValueError(f"unknown pooling {kind!r}; expected one of {sorted(POOLINGS)}")
     cls = POOLINGS[kind]
     if cls is ASTP:
-        kwargs["global_context_att"] = global_context_att
+        kwargs |= {"global_context_att": global_context_att, "variant": variant, "bottleneck_dim": bottleneck_dim}
     if cls in (ASTP, MHASTP, MQMHASTP, SAP):
         kwargs["dtype"] = dtype
     return cls(**kwargs)
