@@ -5,6 +5,8 @@ WeSpeaker's PyTorch model, and the encoder's streamed path for long files.
 A new model family is one more entry in ``FAMILIES`` below (a small config of it).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ from ecapa_jax.frontend.audio import load_audio, stream_audio
 from ecapa_jax.frontend.kaldi import KaldiFrontEnd
 from ecapa_jax.io.convert.wespeaker import from_wespeaker
 from ecapa_jax.models import build_model
+from ecapa_jax.models.campplus import CamPPConfig
 from ecapa_jax.models.ecapa import EcapaConfig
 from ecapa_jax.models.long_form import chunk_input, chunk_starts, embed_long
 from ecapa_jax.models.pooling import FRAMES, STATS
@@ -29,7 +32,14 @@ F = TINY["feat_dim"]
 FAMILIES = {  # one small model per family that supports long-form evaluation
     "ecapa_glob_astp_emb_bn": EcapaConfig(channels=32, feat_dim=F, embed_dim=16, global_context_att=True, emb_bn=True),
     "ecapa_tstp": EcapaConfig(channels=32, feat_dim=F, embed_dim=16, pooling="TSTP"),
+    "speechbrain_ecapa": EcapaConfig.speechbrain(32, 96, feat_dim=F, embed_dim=16),  # reflect padding, BN in ASP
 }
+# CAM++ is not local between reductions that long-form can supply: each of its CAM layers gates by the
+# utterance mean and by means over 100-frame segments counted from the file's start (dozens of reductions).
+WHOLE_ONLY = CamPPConfig(
+    feat_dim=F, embed_dim=16, m_channels=8, fcm_blocks=(1, 1), init_channels=16, growth_rate=8, bn_size=2,
+    block_layers=(2, 2, 2), seg_len=20,
+)  # fmt: skip
 
 
 def random_variables(config, seed: int = 0) -> dict:
@@ -175,6 +185,8 @@ def test_bad_long_form_inputs_are_named(family):
     module, variables = family
     with pytest.raises(ValueError, match=rf"features must have shape \(T, {F}\) with T ≥ 1, got \(5, {F + 1}\)"):
         embed_long(module, variables, np.zeros((5, F + 1)), 4)
+    with pytest.raises(ValueError, match=r"CAMPPlus does not support long-form evaluation \(no context_frames\)"):
+        embed_long(build_model(WHOLE_ONLY), {}, np.zeros((5, F)), 4)
 
 
 # ----------------------------------------------------------------------------- front-end and audio, streamed
@@ -224,3 +236,12 @@ def test_encoder_embeds_long_utterances_in_chunks(encoder, tmp_path):
     np.testing.assert_allclose(np.stack([table["short"], table["long"]]), want, rtol=0, atol=EMB_ATOL)
     with pytest.raises(ValueError, match="chunk_frames must be >= 1 or None, got 0"):
         Encoder(encoder.config, encoder.variables, chunk_frames=0)
+
+
+def test_families_without_long_form_embed_long_utterances_whole():
+    """CAM++ has no context_frames: a long utterance takes the one-program path instead of raising."""
+    config = dataclasses.replace(WHOLE_ONLY, feat_dim=80)
+    variables = random_variables(config)
+    wave = speech_like(2.5, 16000, seed=9)  # 248 frames, over chunk_frames
+    got = Encoder(config, variables, chunk_frames=100).embed_batch([wave])
+    np.testing.assert_array_equal(got, Encoder(config, variables, chunk_frames=None).embed_batch([wave]))

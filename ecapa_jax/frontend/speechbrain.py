@@ -210,7 +210,8 @@ def _speechbrain_fbank(waveforms: Array, lengths: Array, fe: SpeechBrainFbank) -
     half = fe.n_fft // 2
     x = jnp.pad(x, ((0, 0), (half, half)))  # center=True, pad_mode='constant'
     frames_total = 1 + total // fe.hop
-    idx = fe.hop * np.arange(frames_total)[:, None] + np.arange(fe.n_fft)  # (T, n_fft), static
+    arange = jnp.arange if jax.export.is_symbolic_dim(total) else np.arange  # static indices when N is known
+    idx = fe.hop * arange(frames_total)[:, None] + np.arange(fe.n_fft)  # (T, n_fft)
     frames = x[:, idx] * stft_window(fe)  # (B, T, n_fft)
     spectrum = jnp.fft.rfft(frames, axis=-1)  # (B, T, K)
     power = jnp.square(spectrum.real) + jnp.square(spectrum.imag)

@@ -188,14 +188,20 @@ def _export_onnx(config, variables, spec: Mapping[str, Any], opset: int) -> byte
     module = build_model(config)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Explicitly requested dtype float64", UserWarning)
-        proto = to_onnx(
-            lambda feats: module.apply(variables, feats, train=False)[0],
-            [("B", "T", config.feat_dim)],
-            model_name=f"ecapa_jax_{spec['model']['family']}",
-            opset=opset,
-            input_names=["feats"],
-            output_names=["embs"],
-        )
+        try:
+            proto = to_onnx(
+                lambda feats: module.apply(variables, feats, train=False)[0],
+                [("B", "T", config.feat_dim)],
+                model_name=f"ecapa_jax_{spec['model']['family']}",
+                opset=opset,
+                input_names=["feats"],
+                output_names=["embs"],
+            )
+        except Exception as e:  # jax2onnx raises assorted errors for what it cannot express
+            raise ValueError(
+                f"jax2onnx cannot convert this {spec['model']['family']} model with a dynamic T "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); export a .jax artifact instead"
+            ) from e
     onnx.helper.set_model_props(proto, {"ecapa_jax": json.dumps(spec)})
     return proto.SerializeToString()
 

@@ -386,7 +386,9 @@ class _XVector(nn.Module):
     def __call__(self, x: Array, *, train: bool, mask: Array | None) -> tuple[Array, dict]:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        half = None if mask is None else lengths_to_mask((jnp.sum(mask, axis=1) + 1) // 2, (x.shape[1] + 1) // 2)
+        # (T − 1) // 2 + 1 = ⌈T / 2⌉, written as the stride-2 conv's output length so that a symbolic T
+        # (jax.export) gives the same dimension expression on both sides.
+        half = None if mask is None else lengths_to_mask((jnp.sum(mask, axis=1) + 1) // 2, (x.shape[1] - 1) // 2 + 1)
         x = TDNNLayer(cfg.init_channels, 5, 2, dtype, name="tdnn")(x, train=train, mask=mask, out_mask=half)
         mask = half  # (B, T'): the trunk runs at half the frame rate
         channels = cfg.init_channels
