@@ -43,6 +43,21 @@ def add_arguments(parser: argparse.ArgumentParser, repeats: int = 7) -> argparse
     return parser
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--model`` (a WeSpeaker ECAPA preset, default GLOB_c512) and ``--channels`` (an override for smoke runs)."""
+    parser.add_argument("--model", default="glob_c512", choices=["c512", "c1024", "glob_c512", "glob_c1024"])
+    parser.add_argument("--channels", type=int, default=0, help="override the channels (tiny smoke runs)")
+    return parser
+
+
+def model_config(args: argparse.Namespace):
+    """The ``EcapaConfig`` that ``--model`` and ``--channels`` ask for."""
+    from ecapa_jax.models.ecapa import EcapaConfig
+
+    config = EcapaConfig.preset(args.model)
+    return config.replace(channels=args.channels) if args.channels else config
+
+
 def pin_threads(threads: int) -> dict[str, Any]:
     """Restricts XLA and PyTorch to ``threads`` CPUs; call before JAX's backend starts.
 
@@ -78,7 +93,7 @@ def import_torch():
     return torch
 
 
-def _oracles():
+def oracles():
     """``tests/oracles.py``: the one way this project imports WeSpeaker's code."""
     if TESTS_DIR not in sys.path:
         sys.path.insert(0, TESTS_DIR)
@@ -89,12 +104,12 @@ def _oracles():
 
 def wespeaker(submodule: str):
     """``wespeaker.<submodule>`` via `tests/oracles.py`; it sets torch to one thread, so call `pin_threads` after."""
-    return _oracles().wespeaker(submodule)
+    return oracles().wespeaker(submodule)
 
 
 def wespeaker_variables(module) -> dict:
     """A WeSpeaker module's weights as our Flax variables (``tests/oracles.py``), for identical models."""
-    return _oracles().wespeaker_variables(module)
+    return oracles().wespeaker_variables(module)
 
 
 def banner(settings: Mapping[str, Any]) -> str:

@@ -122,8 +122,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Runs every case; returns {'<B>x<s>s <path>': ratio ours / theirs}."""
     p = common.add_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     p.add_argument("--cases", nargs="+", default=["8x2", "4x10"], help="BATCHxSECONDS, e.g. 8x2 4x10")
-    p.add_argument("--model", default="glob_c512", choices=["c512", "c1024", "glob_c512", "glob_c1024"])
-    p.add_argument("--channels", type=int, default=0, help="override the channels (tiny smoke runs)")
+    common.add_model_arguments(p)
     args = common.parse(p, argv)
     cases = [tuple(float(v) for v in c.split("x")) for c in args.cases]
 
@@ -132,8 +131,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     torch = common.import_torch()
     pinned = common.pin_threads(args.threads)
-    config = EcapaConfig.preset(args.model)
-    config = config.replace(channels=args.channels) if args.channels else config
+    config = common.model_config(args)
     torch.manual_seed(0)
     theirs = wespeaker_model(ecapa, config)
     variables = jax.device_put(common.wespeaker_variables(theirs))

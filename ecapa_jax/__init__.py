@@ -2,9 +2,10 @@
 
 The package follows the pipeline, front to back (each module documents its own):
 
-  frontend/   audio files → waveforms → features: load_audio, resample, Kaldi fbank + CMN (KaldiFrontEnd)
-  models/     features → embeddings: shared layers, the pooling family, ECAPA-TDNN (and light ECAPA), the
-              Transformer and Conformer speaker models (FAMILIES), parameter/MAC counts
+  frontend/   audio files → waveforms → features: load_audio, resample, Kaldi fbank + CMN (KaldiFrontEnd),
+              SpeechBrain's Fbank (SpeechBrainFbank)
+  models/     features → embeddings: shared layers, the pooling family, ECAPA-TDNN (and light ECAPA), CAM++,
+              the Transformer and Conformer speaker models (FAMILIES), parameter/MAC counts
   training/   embeddings → loss: margin heads, learning-rate and margin schedules
   backend/    embeddings → scores → EER/minDCF, plots
   io/         model directories and checkpoints, Kaldi tables, torch-free .pt files, converters
@@ -12,7 +13,8 @@ The package follows the pipeline, front to back (each module documents its own):
   stats.py, config.py   the masks/statistics and the config helper everything above shares
 
 Command lines (one shape, one exit-code rule: ``ecapa_jax.cli``): ``python -m ecapa_jax.embed``,
-``ecapa_jax.score``, ``ecapa_jax.metrics``, ``ecapa_jax.convert``. Training is the ``train`` package.
+``ecapa_jax.score``, ``ecapa_jax.metrics``, ``ecapa_jax.convert``, ``ecapa_jax.export``. Training is the
+``train`` package.
 """
 
 from ecapa_jax.backend.metrics import compute_eer, compute_min_dcf, det_curve
@@ -20,7 +22,9 @@ from ecapa_jax.backend.scoring import as_norm, cohort_stats, cosine_scores, scor
 from ecapa_jax.encoder import Encoder, load
 from ecapa_jax.frontend.audio import AudioError, load_audio, resample
 from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd, cmn, fbank, num_frames, wespeaker_features
+from ecapa_jax.frontend.speechbrain import SpeechBrainFbank
 from ecapa_jax.models import FAMILIES, build_model
+from ecapa_jax.models.campplus import CamPPConfig, CAMPPlus
 from ecapa_jax.models.conformer import ConformerConfig, SpeakerConformer
 from ecapa_jax.models.ecapa import ECAPA_TDNN, PRESETS, EcapaConfig
 from ecapa_jax.models.transformer import SpeakerTransformer, TransformerConfig
@@ -28,11 +32,13 @@ from ecapa_jax.training.heads import HEADS, HeadConfig, make_head, margin_loss
 from ecapa_jax.training.schedules import exponential_decrease, margin_schedule
 
 __all__ = [
+    "CAMPPlus",
     "ECAPA_TDNN",
     "FAMILIES",
     "HEADS",
     "PRESETS",
     "AudioError",
+    "CamPPConfig",
     "ConformerConfig",
     "EcapaConfig",
     "Encoder",
@@ -60,6 +66,7 @@ __all__ = [
     "num_frames",
     "resample",
     "score_trials",
+    "SpeechBrainFbank",
     "wespeaker_features",
 ]
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ Shape letters: B batch, N samples, T frames, F mel bins, E embedding size.
     table, failures = enc.embed_files(["a.wav", "b.flac"])
     score = enc.similarity(table["a.wav"], table["b.flac"])
     emb = enc.embed_features(feats)                      # (T, F) or (B, T, F) → (B, E)
+    times, embs = enc.embed_file_windows("meeting.wav", window=1.5, shift=0.75)  # (W, 2) s, (W, E)
 
 The waveform front-end is the one the model directory records (``ecapa_jax.frontend``); for WeSpeaker's
 models that is its inference front-end (``wespeaker/cli/speaker.py``, ``bin/extract.py`` on the test sets):
@@ -20,15 +21,24 @@ model runs on the whole utterance (no chunking); front-end and model run in one 
 Batches of utterances of different lengths are padded to a bucket shape (see :class:`Buckets`); the valid
 lengths go to the front-end and the frame mask to the model, so padding does not change any embedding, and
 a corpus compiles a bounded number of programs rather than one per length.
+
+Long recordings (more than ``Encoder.chunk_frames`` frames, 30 s by default) are embedded whole but computed
+in chunks (``ecapa_jax.models.long_form``): the same embedding up to float rounding, with memory that does not
+grow with the length. Files are then read a block at a time (``audio.stream_audio``) and only their features
+are kept. ``embed_windows`` / ``embed_file_windows`` give one embedding per sliding window instead (WeSpeaker's
+diarization sub-segments), also streaming. ``embed_files`` reads and decodes on host threads while the
+device embeds the previous batch.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -38,11 +48,14 @@ import soundfile as sf
 from tqdm import tqdm
 
 from ecapa_jax.backend.scoring import cosine_scores
-from ecapa_jax.frontend.audio import AudioError, load_audio, resample
+from ecapa_jax.frontend.audio import AudioError, load_audio, resample, stream_audio
 from ecapa_jax.frontend.kaldi import KaldiFrontEnd
 from ecapa_jax.io.checkpoint import load_model_dir
 from ecapa_jax.models import build_model
+from ecapa_jax.models.long_form import embed_long
 from ecapa_jax.stats import lengths_to_mask
+
+SPEECHBRAIN_NORM_FLOOR = 1e-10  # InputNormalization's epsilon: the std is clamped at it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +126,9 @@ class Encoder:
       projection: the training head's variables kept from the checkpoint, or None.
       metadata: what the model directory records (source file, ...).
       buckets: the padded shapes of waveform batches.
+      chunk_frames: utterances of more frames than this are embedded whole by long-form evaluation, in chunks
+        of this many frames (``ecapa_jax.models.long_form``), when the family supports it; peak memory is then
+        that of one chunk whatever the length. None embeds every utterance in one program.
     """
 
     config: Any
@@ -121,8 +137,11 @@ class Encoder:
     projection: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     buckets: Buckets = Buckets()
+    chunk_frames: int | None = 3000
 
     def __post_init__(self):
+        if self.chunk_frames is not None and self.chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1 or None, got {self.chunk_frames}")
         object.__setattr__(self, "variables", jax.device_put(self.variables))  # not once per call
 
     @property
@@ -206,13 +225,15 @@ class Encoder:
             has NaN/inf samples, or is shorter than one frame (naming its index).
         """
         self._check_front_end()
-        sample_rate = self.sample_rate if sample_rate is None else sample_rate
-        if not sample_rate > 0:
-            raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+        sample_rate = self._check_rate(sample_rate)
         waves = [self._prepare(w, sample_rate, f"waveform {i}") for i, w in enumerate(waveforms)]
         out = np.empty((len(waves), self.config.embed_dim), np.float32)
-        for batch in plan_batches([len(w) for w in waves], batch_size):
-            out[batch] = self._embed_padded([waves[i] for i in batch], batch_size)
+        short = [i for i, w in enumerate(waves) if not self._is_long(len(w))]
+        for batch in plan_batches([len(waves[i]) for i in short], batch_size):
+            rows = [short[b] for b in batch]
+            out[rows] = self._embed_padded([waves[i] for i in rows], batch_size)
+        for i in sorted(set(range(len(waves))) - set(short)):
+            out[i] = self._embed_long([waves[i]])
         return out
 
     def embed_files(
@@ -220,16 +241,20 @@ class Encoder:
         paths: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
         batch_size: int = 16,
         progress: bool = False,
+        workers: int = 4,
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Speaker embeddings of audio files; a file that cannot be used is reported, not raised.
 
-        Files are read with ``audio.load_audio`` (channels averaged, resampled to the front-end's rate), a
-        batch at a time, in order of their durations from the file headers so that batches hold similar lengths.
+        Files are read with ``audio.load_audio`` (channels averaged, resampled to the front-end's rate) by
+        ``workers`` threads, up to two batches ahead of the device, in order of their durations from the file
+        headers so that batches hold similar lengths. Files longer than ``chunk_frames`` are then streamed and
+        embedded one at a time by long-form evaluation.
 
         Args:
           paths: ``{utterance id: path}`` (a ``wav.scp``), or paths, which are then their own ids.
           batch_size: the most utterances per device batch.
           progress: show a tqdm progress bar (on stderr).
+          workers: threads that read and decode files.
 
         Returns:
           ``(embeddings, failures)``: ``{id: (E,) float32}`` for the files that worked and
@@ -244,22 +269,128 @@ class Encoder:
             raise TypeError(f"embed_files takes a list of paths or {{id: path}}, got the single path {paths!r}")
         table = dict(paths) if isinstance(paths, Mapping) else {os.fspath(p): p for p in paths}
         ids = list(table)
+        seconds = {u: duration(table[u]) for u in ids}
+        is_long = {u: self._is_long(round(seconds[u] * self.sample_rate)) for u in ids}
+        long, short = [u for u in ids if is_long[u]], [u for u in ids if not is_long[u]]
         embeddings, failures = {}, {}
-        with tqdm(total=len(ids), disable=not progress, unit="utt", desc="embedding") as bar:
-            for batch in plan_batches([_duration(table[u]) for u in ids], batch_size):
-                loaded = {}
-                for i in batch:
-                    try:
-                        loaded[ids[i]] = load_audio(table[ids[i]], self.sample_rate, self.frontend.min_samples)
-                    except AudioError as e:
-                        failures[ids[i]] = str(e)
-                if loaded:
-                    embeddings.update(zip(loaded, self._embed_padded(list(loaded.values()), batch_size), strict=True))
-                bar.update(len(batch))
+
+        def load(u: str) -> np.ndarray | str:  # on a worker thread; failures travel back as their reason
+            try:
+                return load_audio(table[u], self.sample_rate, self.frontend.min_samples)
+            except AudioError as e:
+                return str(e)
+
+        def finish(pending: tuple[list[str], Any]) -> None:  # waits for the device: only after the next dispatch
+            done, result = pending
+            embeddings.update(zip(done, np.asarray(result)[: len(done)], strict=True))
+            bar.update(len(done))
+
+        batches = [[short[i] for i in b] for b in plan_batches([seconds[u] for u in short], batch_size)]
+        with (
+            ThreadPoolExecutor(max(workers, 1)) as pool,
+            tqdm(total=len(ids), disable=not progress, unit="file", desc="embedding") as bar,
+        ):
+            pending = None
+            for batch, waves in zip(batches, _prefetch(pool, load, batches, ahead=2), strict=True):
+                failures.update((u, w) for u, w in zip(batch, waves, strict=True) if isinstance(w, str))
+                good = [(u, w) for u, w in zip(batch, waves, strict=True) if not isinstance(w, str)]
+                bar.update(len(batch) - len(good))
+                result = self._dispatch_padded([w for _, w in good], batch_size) if good else None
+                if pending is not None:
+                    finish(pending)
+                pending = ([u for u, _ in good], result) if good else None
+            if pending is not None:
+                finish(pending)
+            for u in long:
+                try:
+                    embeddings[u] = self._embed_long(stream_audio(table[u], self.sample_rate))
+                except AudioError as e:
+                    failures[u] = str(e)
+                bar.update(1)
         return (
             {u: embeddings[u] for u in ids if u in embeddings},
             {u: failures[u] for u in ids if u in failures},
         )
+
+    def embed_windows(
+        self,
+        waveform: Any,
+        sample_rate: int | None = None,
+        window: float = 1.5,
+        shift: float = 0.75,
+        batch_size: int = 16,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One embedding per sliding window of an utterance, each equal to that window embedded alone.
+
+        Windows of ``window`` seconds start every ``shift`` seconds, as WeSpeaker's diarization sub-segments
+        (1.5 s / 0.75 s there): full windows while they fit, then one last shorter window when the audio goes
+        on past the last full one by more than ``window − shift``; audio shorter than a window is one window.
+        A short window is embedded as it is (WeSpeaker tiles it to the full window length). Each window gets
+        its own CMN, as WeSpeaker's ``subseg_cmn``.
+
+        Args:
+          waveform: (N,) float samples in [−1, 1], mono.
+          sample_rate: of the waveform in Hz (default: the front-end's); other rates are resampled first.
+          window: seconds per window.
+          shift: seconds between window starts.
+          batch_size: windows per device batch.
+
+        Returns:
+          ``(times (W, 2) float64 [start, end] seconds, embeddings (W, E) float32)``.
+
+        Raises:
+          ValueError: see :meth:`embed_batch`; a window shorter than one frame, or a non-positive shift.
+        """
+        self._check_front_end()
+        sample_rate = self._check_rate(sample_rate)
+        wave = self._prepare(waveform, sample_rate, "waveform")
+        return self._embed_windows([wave], window, shift, batch_size)
+
+    def embed_file_windows(
+        self, path: str | os.PathLike, window: float = 1.5, shift: float = 0.75, batch_size: int = 16
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`embed_windows` of an audio file, read a block at a time: memory does not grow with its length.
+
+        Raises:
+          AudioError: the file cannot be read, or holds less than one frame of audio.
+          ValueError: see :meth:`embed_windows`.
+        """
+        self._check_front_end()
+        return self._embed_windows(stream_audio(path, self.sample_rate), window, shift, batch_size, name=path)
+
+    @property
+    def embedding_norm(self) -> Mapping[str, Any] | None:
+        """The embedding normalisation the model directory records (SpeechBrain's ``mean_var_norm_emb``), or None."""
+        return self.metadata.get("embedding_norm")
+
+    def normalize(self, embeddings: Any) -> np.ndarray:
+        """SpeechBrain's global embedding normalisation: (e − mean) / max(std, 1e-10), or e − mean without std_norm.
+
+        What ``EncoderClassifier.encode_batch(normalize=True)`` applies with ``mean_var_norm_emb`` (recorded by
+        ``python -m ecapa_jax.convert speechbrain --embedding-norm mean_var_norm_emb.ckpt``).
+
+        Args:
+          embeddings: (E,) or (B, E).
+
+        Returns:
+          float32 of the same shape.
+
+        Raises:
+          ValueError: the model directory records no normalisation, or the shape does not end in E.
+        """
+        norm = self.embedding_norm
+        if norm is None:
+            raise ValueError(
+                "this model directory records no embedding normalisation (convert a SpeechBrain model with "
+                "--embedding-norm mean_var_norm_emb.ckpt)"
+            )
+        e = np.asarray(embeddings, np.float32)
+        mean = np.asarray(norm["mean"], np.float32)
+        if e.shape[-1:] != mean.shape:
+            raise ValueError(f"embeddings of shape {e.shape} do not end in the normalisation's size {mean.shape[0]}")
+        if norm.get("std_norm"):
+            return (e - mean) / np.maximum(np.asarray(norm["std"], np.float32), SPEECHBRAIN_NORM_FLOOR)
+        return e - mean
 
     @staticmethod
     def similarity(a: Any, b: Any, unit_interval: bool = False) -> float | np.ndarray:
@@ -287,6 +418,53 @@ class Encoder:
             cos = (cos + 1.0) / 2.0
         return float(cos[0]) if a.ndim == 1 else cos
 
+    def _check_rate(self, sample_rate: float | None) -> float:
+        sample_rate = self.sample_rate if sample_rate is None else sample_rate
+        if not sample_rate > 0:
+            raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+        return sample_rate
+
+    def _is_long(self, samples: int) -> bool:
+        """Whether an utterance of ``samples`` samples goes to long-form evaluation."""
+        supported = getattr(self.config, "context_frames", None) is not None
+        return supported and self.chunk_frames is not None and self.frontend.num_frames(samples) > self.chunk_frames
+
+    def _embed_long(self, blocks: Iterable[np.ndarray]) -> np.ndarray:
+        """(E,) embedding of one long utterance given as waveform blocks at the front-end's rate."""
+        chunked = getattr(self.frontend, "features_in_chunks", None)  # a front-end that can compute in chunks
+        if chunked is not None:
+            feats = chunked(blocks, self.chunk_frames)
+        else:
+            wave = np.concatenate(list(blocks))
+            feats = np.asarray(self.frontend(wave[None], np.array([len(wave)]))[0][0])
+        return embed_long(self.module, self.variables, feats, self.chunk_frames)
+
+    def _embed_windows(
+        self, blocks: Iterable[np.ndarray], window: float, shift: float, batch_size: int, name: Any = "waveform"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of the sliding windows of the utterance given as blocks, ``batch_size`` windows a device call."""
+        size, step = round(window * self.sample_rate), round(shift * self.sample_rate)
+        if size < self.frontend.min_samples or step < 1:
+            raise ValueError(
+                f"window {window:g} s / shift {shift:g} s: a window needs at least one frame "
+                f"({self.frontend.min_samples} samples at {self.sample_rate} Hz) and the shift a positive length"
+            )
+        times, out, pending = [], [], None
+        windows = sliding_windows(blocks, size, step, self.frontend.min_samples)
+        while batch := [w for _, w in zip(range(batch_size), windows, strict=False)]:
+            rows, lengths = np.zeros((batch_size, size), np.float32), np.full(batch_size, size, np.int32)
+            for b, (start, samples) in enumerate(batch):
+                rows[b, : len(samples)], lengths[b] = samples, len(samples)
+                times.append((start / self.sample_rate, (start + len(samples)) / self.sample_rate))
+            result = embed_waveforms(self.variables, rows, lengths, self.config, self.frontend)
+            if pending is not None:
+                out.append(np.asarray(pending[1])[: pending[0]])
+            pending = (len(batch), result)
+        if pending is None:
+            raise AudioError(f"{name}: no window: less than one frame of audio ({self.frontend.min_samples} samples)")
+        out.append(np.asarray(pending[1])[: pending[0]])
+        return np.asarray(times, np.float64), np.concatenate(out)
+
     def _check_front_end(self) -> None:
         if self.config.feat_dim != self.frontend.feature_dim:
             raise ValueError(
@@ -313,14 +491,17 @@ class Encoder:
 
     def _embed_padded(self, waves: list[np.ndarray], batch_size: int) -> np.ndarray:
         """(n, E) embeddings of n ≤ batch_size waveforms at the front-end's rate, run as one batch of a bucket shape."""
+        return np.asarray(self._dispatch_padded(waves, batch_size))[: len(waves)]
+
+    def _dispatch_padded(self, waves: list[np.ndarray], batch_size: int) -> jax.Array:
+        """Starts ``_embed_padded`` on the device and returns without waiting: (B, E), rows past n are padding."""
         rows, samples = self.buckets.shape(max(len(w) for w in waves), len(waves), batch_size, self.frontend)
         batch = np.zeros((rows, samples), np.float32)  # (B, N); spare rows stay silent and are dropped
         lengths = np.full(rows, samples, np.int32)  # (B,)
         for b, w in enumerate(waves):
             batch[b, : len(w)] = w
             lengths[b] = len(w)
-        embeddings = embed_waveforms(self.variables, batch, lengths, self.config, self.frontend)
-        return np.asarray(embeddings)[: len(waves)]
+        return embed_waveforms(self.variables, batch, lengths, self.config, self.frontend)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "frontend"))
@@ -342,9 +523,52 @@ def embed_waveforms(variables: Mapping[str, Any], waveforms: jax.Array, lengths:
     return build_model(config).apply(variables, feats, train=False, mask=mask)[0]
 
 
-def _duration(path: str | os.PathLike) -> float:
-    """Seconds of audio from the file header, for batching only; 0 for a file whose header cannot be read
-    (``load_audio`` then reports why)."""
+def sliding_windows(
+    blocks: Iterable[np.ndarray], size: int, step: int, min_samples: int = 1
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The sliding windows of a signal given in blocks, holding at most one window and one block in memory.
+
+    Windows of ``size`` samples start every ``step`` samples while they fit; then, as WeSpeaker's
+    ``subsegment``, one last window runs to the end when it starts before ``total − size + step``; a signal
+    shorter than ``size`` is one window. A last window shorter than ``min_samples`` is left out.
+
+    Args:
+      blocks: (n,) pieces of the signal, in order.
+      size: samples per window.
+      step: samples between window starts.
+      min_samples: the shortest last window kept.
+
+    Yields:
+      ``(start sample, (size,) or shorter samples)``.
+    """
+    buffer, offset, start = np.zeros(0, np.float32), 0, 0  # buffer holds the signal from sample `offset` on
+    for block in blocks:
+        buffer = np.concatenate([buffer, np.asarray(block, np.float32)])
+        while start + size <= offset + len(buffer):
+            yield start, buffer[start - offset : start - offset + size]
+            start += step
+            drop = min(start - offset, len(buffer))  # samples no later window needs (all, when windows leave gaps)
+            buffer, offset = buffer[drop:], offset + drop
+    total = offset + len(buffer)
+    if (start == 0 or start < total - size + step) and total - start >= max(min_samples, 1):
+        yield start, buffer[start - offset :]
+
+
+def _prefetch(pool: ThreadPoolExecutor, load: Callable[[str], Any], batches: list[list[str]], ahead: int):
+    """Yields ``[load(u) for u in batch]`` per batch, with the next ``ahead`` batches already loading on ``pool``."""
+    queue: collections.deque = collections.deque()
+    todo = iter(batches)
+    for batch in todo:
+        queue.append([pool.submit(load, u) for u in batch])
+        if len(queue) > ahead:
+            yield [f.result() for f in queue.popleft()]
+    while queue:
+        yield [f.result() for f in queue.popleft()]
+
+
+def duration(path: str | os.PathLike) -> float:
+    """Seconds of audio from the file header (for batching and reports); 0 for a file whose header cannot be
+    read (``load_audio`` then reports why)."""
     try:
         return sf.info(os.fspath(path)).duration
     except (sf.LibsndfileError, TypeError, OSError):
@@ -357,4 +581,4 @@ def load(path: str | os.PathLike) -> Encoder:
     return Encoder(model.config, model.model_variables, model.frontend, model.projection, model.metadata)
 
 
-__all__ = ["Buckets", "Encoder", "embed_waveforms", "load", "plan_batches"]
+__all__ = ["Buckets", "Encoder", "duration", "embed_waveforms", "load", "plan_batches", "sliding_windows"]

@@ -2,9 +2,12 @@
 the MAC count against a hand-written formula; the timing helper's interleaving; bad options."""
 
 import argparse
+import json
 import os
 import re
+import sys
 
+import numpy as np
 import oracles
 import pytest
 
@@ -69,13 +72,49 @@ def test_fbank_prints_ratios(threads, capsys):
         assert float(diff) < 2e-3, out
 
 
-def test_pipeline_prints_ratios(threads, capsys):
-    oracles.torch()
+def test_pipeline_prints_ratios(capsys, tmp_path):
+    """Generated VoxCeleb/MUSAN/RIRS-shaped data, python -m train.data pinned to a core, the host augmentation."""
     from benchmarks import pipeline
 
-    args = [*threads, *TINY_MODEL, "--batch", "2", "--frames", "20", "--batches", "1", "--workers", "1"]
-    pipeline.main([*args, "--classes", "6"])
-    assert len(_ratios(capsys.readouterr().out)) == 4
+    args = ["--utts", "12", "--noise-files", "3", "--rirs", "4", "--batch", "4", "--repeats", "1", "--batches", "1"]
+    result = pipeline.main([*args, "--host-samples", "2", "--keep", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert len(_ratios(out)) == 2 and result["ours_samples_per_s"] > 0 and result["host_augment_samples_per_s"] > 0
+    assert result["grain_samples_per_s"] > 0  # grain is in the test extra
+    assert (
+        sorted(os.listdir(tmp_path / "musan")) == ["music", "noise", "speech"]
+        and len(os.listdir(tmp_path / "rirs")) == 4
+    )
+
+
+def test_augment_prints_its_share_of_the_step(threads, capsys):
+    from benchmarks import augment
+
+    ratios = augment.main([*threads, *TINY_MODEL, "--batch", "2", "--frames", "20", "--classes", "6"])
+    out = capsys.readouterr().out
+    assert len(_ratios(out)) == 1 and "the augmentation adds" in out
+    names = {"step + augmentation / step", "fastest step + augmentation / fastest step", "augmentation / step"}
+    assert set(ratios) == names and all(r > 0 for r in ratios.values())
+
+
+def test_gpu_script_runs_every_section_in_tiny_mode(tmp_path, capsys):
+    """The one-call GPU benchmark at toy sizes on the CPU: every section runs and every figure has a unit."""
+    from benchmarks import gpu
+
+    results = gpu.main(["--tiny", "--out", str(tmp_path / "gpu.json")])
+    assert results["errors"] == {} and results["skipped"] == [], results["errors"]
+    figures = json.loads((tmp_path / "gpu.json").read_text())["figures"]
+    assert figures == results["figures"] and all(f["unit"] for f in figures.values())
+    for name in (
+        "ours train step fp32, 2 x 20 frames", "ours train step bf16, 2 x 20 frames", "WeSpeaker train step AMP fp16",
+        "ratio ours bf16 / WeSpeaker AMP fp16", "ours extraction bf16, waveform -> emb, 2 x 0.5 s",
+        "ours corpus extraction bf16, 6 files",
+        "device augmentation's share of the step", "host loader, recipe settings, 1 core",
+    ):  # fmt: skip
+        assert figures[name]["value"] is not None and np.isfinite(figures[name]["value"]), name
+    assert gpu.peak_for("NVIDIA H200") == gpu.PEAKS["H200"] and gpu.peak_for("NVIDIA L40S") == gpu.PEAKS["L40S"]
+    assert gpu.peak_for("NVIDIA L4") == gpu.PEAKS["L4"] and gpu.peak_for("cpu") is None
+    assert "device: " in capsys.readouterr().out
 
 
 def test_flops_match_hand_count(capsys):
@@ -123,3 +162,48 @@ def test_bad_repeats_and_frames_are_refused(capsys):
     with pytest.raises(SystemExit):
         flops.main(["--frames", "0"])
     assert "--frames must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_extract_prints_ratio_and_agrees(threads, capsys):
+    oracles.wespeaker("models.ecapa_tdnn")
+    from benchmarks import extract
+
+    args = ["--channels", "16", "--files", "6", "--seconds", "0.5", "1.5", "--batch-size", "4", "--workers", "2"]
+    result = extract.main([*threads, *args])
+    assert len(_ratios(capsys.readouterr().out)) == 1 and result["ratio"] > 0
+    assert result["min cosine"] > 0.99999  # the same weights give the same embeddings, file by file
+
+
+def test_peak_rss_is_the_childs_own():
+    """A child that holds 300 MB reports at least that, and a child that holds nothing not this process's memory."""
+    from benchmarks import memory
+
+    hold = "import numpy as np; x = np.ones(300 * 2**20 // 8); print(x.sum())"
+    small, _ = memory.peak_rss([sys.executable, "-c", "pass"])
+    large, _ = memory.peak_rss([sys.executable, "-c", hold])
+    assert 300 <= large < 300 + small + 50 and small < 50, (small, large)  # this process holds jax and torch
+
+
+def test_memory_compares_processes(capsys):
+    oracles.wespeaker("models.ecapa_tdnn")
+    from benchmarks import memory
+
+    result = memory.main(["--threads", "1", "--channels", "16", "--minutes", "0.1", "--window-minutes", "0.1"])
+    out = capsys.readouterr().out
+    for side in ("wespeaker", "ecapa_jax", "ecapa_jax whole", "ecapa_jax windows"):
+        assert re.search(rf"   {side} +\d+ MB", out) and result[side] > 50, out
+    assert result["windows"] == 13  # one 10 s demo utterance: 12 windows of 1.5 s every 0.75 s and a shorter last one
+    for key in ("cosine chunked vs wespeaker", "cosine whole vs wespeaker", "cosine chunked vs whole"):
+        assert result[key] >= 0.99999, (key, result[key])
+
+
+def test_parity_prints_differences_within_the_bounds(capsys):
+    from benchmarks import parity
+
+    # ONNX is left out here: tests/test_export.py runs its conversion, and it is the slow part.
+    result = parity.main(["--channels", "16", "--frames", "250", "--chunk-frames", "100", "--no-onnx"])
+    out = capsys.readouterr().out
+    assert all(re.search(rf"   {re.escape(key)} +-?\d\.\de[-+]\d\d", out) for key in result), out
+    assert len(result) == 9  # .jax at two shapes vs the library and WeSpeaker, waveform rows, long-form (4)
+    for key, value in result.items():
+        assert value <= 1e-5, (key, value)

@@ -14,8 +14,8 @@ from ecapa_jax import compute_eer
 from ecapa_jax import metrics as metrics_cli
 from ecapa_jax import score as score_cli
 from ecapa_jax.embed import main
-from ecapa_jax.encoder import Buckets, Encoder, embed_waveforms, load, plan_batches
-from ecapa_jax.frontend.audio import load_audio
+from ecapa_jax.encoder import Buckets, Encoder, embed_waveforms, load, plan_batches, sliding_windows
+from ecapa_jax.frontend.audio import AudioError, load_audio
 from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd, num_frames
 from ecapa_jax.io import kaldi_io
 from ecapa_jax.io.convert.wespeaker import from_wespeaker, wespeaker_to_dir
@@ -250,3 +250,78 @@ def test_cli_usage_errors_exit_2(small_dir, tmp_path, capsys, args, message):
 def test_cli_argument_errors_exit_2(capsys, args, message):
     assert main(["--model", "m", *args]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------------------- sliding windows
+
+
+def wespeaker_subsegments(total: int, size: int, step: int) -> list[tuple[int, int]]:
+    """WeSpeaker's ``diar/extract_emb.py::subsegment`` window bounds, written out (in samples here), less the empty
+    windows it makes past the end when the shift exceeds the window."""
+    if total <= size:
+        return [(0, total)]
+    return [(begin, min(begin + size, total)) for begin in range(0, total - size + step, step) if begin < total]
+
+
+def test_sliding_windows_follow_wespeakers_subsegments():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        total, size, step = int(rng.integers(1, 300)), int(rng.integers(1, 60)), int(rng.integers(1, 80))
+        signal = np.arange(total, dtype=np.float32)
+        blocks = np.split(signal, np.sort(rng.integers(0, total + 1, rng.integers(0, 6))))  # any block sizes
+        got = list(sliding_windows(blocks, size, step))
+        assert [(s, s + len(w)) for s, w in got] == wespeaker_subsegments(total, size, step), (total, size, step)
+        assert all(np.array_equal(w, signal[s : s + len(w)]) for s, w in got)
+    # A last window shorter than min_samples is left out (it would have no frame).
+    assert [(s, len(w)) for s, w in sliding_windows([np.zeros(25, np.float32)], 10, 8, min_samples=5)] == [
+        (0, 10), (8, 10), (16, 9),
+    ]  # fmt: skip
+    assert [s for s, _ in sliding_windows([np.zeros(27, np.float32)], 10, 8, min_samples=5)] == [0, 8, 16]
+
+
+def test_windows_equal_each_window_embedded_alone(encoder):
+    wave = speech_like(5.3, 16000, seed=20)  # windows 0-1.5, 0.75-2.25, ..., 3.75-5.25, then 4.5-5.3 (short)
+    times, got = encoder.embed_windows(wave, window=1.5, shift=0.75, batch_size=4)
+    np.testing.assert_allclose(times, [(0.75 * k, min(0.75 * k + 1.5, 5.3)) for k in range(7)], rtol=0, atol=1e-9)
+    alone = np.stack([encoder.embed(wave[round(a * 16000) : round(b * 16000)]) for a, b in times])
+    assert got.shape == (7, SMALL["embed_dim"]) and got.dtype == np.float32
+    assert np.max(np.abs(got - alone)) <= BATCH_ATOL, np.max(np.abs(got - alone))
+
+
+def test_file_windows_are_streamed_and_equal_the_waveforms(encoder, tmp_path):
+    path = tmp_path / "stereo8k.wav"
+    sf.write(path, speech_like(4.1, 8000, seed=21, channels=2), 8000, subtype="PCM_16")
+    times, got = encoder.embed_file_windows(path, window=1.5, shift=0.75, batch_size=4)
+    want_times, want = encoder.embed_windows(load_audio(path), window=1.5, shift=0.75, batch_size=4)
+    np.testing.assert_array_equal(times, want_times)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # the same samples (soxr streams exactly)
+    with pytest.raises(ValueError, match=r"window 0.02 s / shift 0.75 s: a window needs at least one frame \(400"):
+        encoder.embed_file_windows(path, window=0.02)
+    sf.write(tmp_path / "short.wav", np.zeros(300, np.float32), 16000)
+    with pytest.raises(AudioError, match=r"short\.wav: no window: less than one frame of audio \(400 samples\)"):
+        encoder.embed_file_windows(tmp_path / "short.wav")
+
+
+def test_cli_windows_write_ids_with_times_and_segments(small_dir, encoder, audio_files, tmp_path, capsys):
+    good, bad = audio_files
+    out = tmp_path / "win.npz"
+    args = ["--model", str(small_dir), str(good[1]), str(good[3]), str(bad[0]), "--out", str(out)]
+    assert main([*args, "--window", "0.5", "--shift", "0.25", "--batch-size", "4"]) == 1
+    captured = capsys.readouterr()
+    assert "error: corrupt: " in captured.err
+    assert re.search(
+        r"files failed; [0-9.]+ s of audio in [0-9.]+ s: [0-9.e+-]+ files/s, real-time factor", captured.out
+    )
+    with np.load(out) as npz:
+        got = {key: npz[key] for key in npz.files}
+    segments = [line.split() for line in (tmp_path / "win.segments").read_text().splitlines()]
+    assert [s[0] for s in segments] == list(got)
+    for utt, path in [("utt1", good[1]), ("utt3", good[3])]:
+        times, want = encoder.embed_windows(load_audio(path), window=0.5, shift=0.25, batch_size=4)
+        keys = [f"{utt}-{round(a * 1000):08d}-{round(b * 1000):08d}" for a, b in times]
+        assert [s for s in segments if s[1] == utt] == [
+            [k, utt, f"{a:.3f}", f"{b:.3f}"] for k, (a, b) in zip(keys, times, strict=True)
+        ]
+        np.testing.assert_allclose(np.stack([got[k] for k in keys]), want, rtol=0, atol=1e-6)
+    assert main(["--model", str(small_dir), str(good[0]), "--out", str(out), "--shift", "1"]) == 2
+    assert "--shift needs --window" in capsys.readouterr().err

@@ -123,7 +123,7 @@ def test_wespeaker_export_is_refused():
     variables = ECAPA_TDNN(LIGHT).init(jax.random.key(0), jnp.zeros((1, 8, 80)))
     with pytest.raises(ValueError, match="light ECAPA .*WeSpeaker has no such model"):
         to_wespeaker(LIGHT, variables)
-    assert not LIGHT.in_wespeaker and EcapaConfig.glob_c512().in_wespeaker
+    assert not LIGHT.is_wespeaker and EcapaConfig.glob_c512().is_wespeaker
 
 
 # ----------------------------------------------------------------------------- the MAC counter

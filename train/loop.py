@@ -274,6 +274,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
         scale=config.head_config(1).scale,
         frontend=frontend.with_dither(config.dither),
         spec_augment=spec_aug,
+        augment=loader.device_augment,
     )
     mesh = data_mesh()
     step_fn = jit_train_step(train_step, mesh)
@@ -345,7 +346,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
             batch = next(batches)
             data = {"data_epoch": position["epoch"], "data_step": position["step"]}
             data["index_crc"] = zlib.crc32(batch["index"].tobytes())
-            state, metrics = step_fn(state, shard_batch({k: batch[k] for k in ("wav", "label")}, mesh), rng)
+            state, metrics = step_fn(state, shard_batch({k: batch[k] for k in loader.device_keys}, mesh), rng)
             if pending is not None:
                 finish(pending)
             pending = {"step": step, "metrics": metrics, "data": data}
@@ -378,7 +379,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
         variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
         metadata = {"source": str(workdir.resolve()), "source_format": "ecapa_jax.train", "step": total, "eer": eer}
         save_model_dir(model_dir, config.model, variables, frontend, metadata, overwrite=True)
-        if isinstance(config.model, EcapaConfig) and config.model.in_wespeaker:  # WeSpeaker's ECAPA only
+        if isinstance(config.model, EcapaConfig) and config.model.is_wespeaker:  # WeSpeaker's ECAPA only
             dir_to_wespeaker(model_dir, workdir / WESPEAKER_FILE, overwrite=True)
         if eer is not None:
             print(f"final held-out EER after {total} steps: {100 * eer:.2f}%")

@@ -4,4 +4,5 @@ checkpoint.py  the model directory (config + front-end + variables) and training
 kaldi_io.py    Kaldi vector archives (ark/scp) and wav.scp tables
 torchzip.py    PyTorch .pt state_dicts read and written without torch (and without running their code)
 convert/       one module per checkpoint source (WeSpeaker), into model directories and back
+export.py      deployable artifacts of a model directory: jax.export (.jax) and ONNX (.onnx), with their spec
 """

@@ -23,6 +23,11 @@ valid frames, so a padded batch pools exactly like its unpadded utterances.
 
 Leaf names follow WeSpeaker (``linear1``, ``linear2``, ``heads_att_trans_0/att_1``, ``n_query_0``).
 Attention projections are 1×1 convolutions, as WeSpeaker's ``Conv1d(k=1)``.
+
+Every reduction over time goes through one parameter-free module, ``UtteranceStats`` (also the squeeze of
+ECAPA's squeeze-excitation). Normally it computes its statistic from the frames it is given; long-form
+evaluation (``ecapa_jax.models.long_form``) reads what each one sees chunk by chunk and then supplies the
+whole utterance's statistic to it, so a model's frame-level layers can run on chunks of a long file.
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ecapa_jax.models.layers import BatchNorm
 from ecapa_jax.stats import STD_EPS, stat_dtype, temporal_mean, temporal_std
 
 Array = jnp.ndarray
 Dtype = Any
+
+SPEECHBRAIN_STD_EPS = 1e-12  # SpeechBrain's AttentiveStatisticsPooling.eps (a clamp of the variance)
+ASTP_VARIANTS = ("wespeaker", "speechbrain")
 
 # ----------------------------------------------------------------------------- pure statistics
 
@@ -48,24 +57,104 @@ def attention_weights(scores: Array, mask: Array | None = None) -> Array:
     return nn.softmax(scores, axis=1)
 
 
-def attentive_statistics(x: Array, alpha: Array, eps: float = STD_EPS) -> Array:
-    """Attention-weighted mean and standard deviation (Okabe et al., arXiv:1803.10963).
+def attentive_moments(x: Array, alpha: Array, centered: bool = False) -> tuple[Array, Array]:
+    """Attention-weighted mean and biased variance: mu = Σ_t α_t x_t, var = Σ_t α_t x_t² − mu².
 
-    mu = Σ_t α_t x_t,  sigma = sqrt(max(Σ_t α_t x_t² − mu², eps)). The variance is the biased,
-    weighted E[x²] − E[x]² form that WeSpeaker uses, clamped (not offset) by ``eps``.
+    The variance is the weighted E[x²] − E[x]² form that WeSpeaker uses; with ``centered``, Σ_t α_t (x_t − mu)²
+    as SpeechBrain writes it (equal in exact arithmetic; it does not cancel when |mu| ≫ sigma).
 
     Args:
       x: (B, T, C).
       alpha: (B, T, C) or (B, T, 1) weights summing to one over T (zero on padded frames).
-      eps: lower clamp of the variance.
+      centered: SpeechBrain's centred form of the variance.
+
+    Returns:
+      ``(mu, var)``, each (B, C) in ``stat_dtype``.
+    """
+    x = x.astype(stat_dtype(x.dtype))
+    mean = jnp.sum(alpha * x, axis=1)  # (B, C)
+    if centered:
+        return mean, jnp.sum(alpha * jnp.square(x - mean[:, None, :]), axis=1)
+    return mean, jnp.sum(alpha * jnp.square(x), axis=1) - jnp.square(mean)
+
+
+def attentive_statistics(x: Array, alpha: Array, eps: float = STD_EPS, centered: bool = False) -> Array:
+    """Attention-weighted mean and standard deviation (Okabe et al., arXiv:1803.10963).
+
+    mu = Σ_t α_t x_t,  sigma = sqrt(max(var, eps)) with ``attentive_moments``' variance, clamped (not offset)
+    by ``eps`` as WeSpeaker and SpeechBrain do.
+
+    Args:
+      x: (B, T, C).
+      alpha: (B, T, C) or (B, T, 1) weights summing to one over T (zero on padded frames).
+      eps: lower clamp of the variance (WeSpeaker 1e-7, SpeechBrain 1e-12).
+      centered: SpeechBrain's centred form of the variance.
 
     Returns:
       (B, 2C) in ``stat_dtype``: [mu, sigma].
     """
-    x = x.astype(stat_dtype(x.dtype))
-    mean = jnp.sum(alpha * x, axis=1)  # (B, C)
-    var = jnp.sum(alpha * jnp.square(x), axis=1) - jnp.square(mean)
+    return _mean_std(*attentive_moments(x, alpha, centered), eps)
+
+
+def _mean_std(mean: Array, var: Array, eps: float) -> Array:
+    """[mean, sqrt(max(var, eps))]: (B, C), (B, C) → (B, 2C)."""
     return jnp.concatenate([mean, jnp.sqrt(jnp.maximum(var, eps))], axis=-1)
+
+
+def uniform_weights(x: Array, mask: Array | None) -> Array:
+    """α_t = 1 / (valid frames) on the valid frames, 0 elsewhere: (B, T, C), (B, T) → (B, T, 1)."""
+    m = jnp.ones(x.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)  # (B, T)
+    return (m / jnp.sum(m, axis=1, keepdims=True))[..., None]
+
+
+# ----------------------------------------------------------------------------- reductions over time
+
+STATS = "utterance_stats"  # variable collection: whole-utterance moments supplied by long-form evaluation
+FRAMES = "utterance_frames"  # collection sown with what each reduction sees (long-form evaluation reads it)
+KINDS = ("mean", "mean_std", "attentive")
+
+
+class UtteranceStats(nn.Module):
+    """A statistic over all valid frames of each utterance: the only non-local step in time of a model.
+
+    ``kind`` says which (x (B, T, C), mask (B, T), scores (B, T, D) with D = C or 1, or None):
+
+    ==========  ===========================================================================  ==============
+    mean        ``temporal_mean`` (SE squeeze, TAP)                                           (B, C)
+    mean_std    ``temporal_mean`` and ``temporal_std`` (unbiased variance + ``eps``)          (B, C), (B, C)
+    attentive   ``attentive_moments`` with α = softmax_t(scores), uniform without scores      (B, C), (B, C)
+                (ASTP, MHASTP, SAP; SpeechBrain's global context), ``centered`` as there
+    ==========  ===========================================================================  ==============
+
+    With the ``utterance_stats`` collection holding ``moments`` for this module (``stats.weighted_moments`` of
+    the whole utterance, merged from chunks), the statistic is computed from them instead and ``x`` is not
+    used. Otherwise, outside ``init``, what it sees is sown into ``utterance_frames`` when that collection is
+    mutable. No parameters: adding it changes no checkpoint leaf.
+    """
+
+    kind: str
+    eps: float = STD_EPS
+    centered: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None, scores: Array | None = None):
+        if self.kind not in KINDS:
+            raise ValueError(f"UtteranceStats kind must be one of {KINDS}, got {self.kind!r}")
+        if self.has_variable(STATS, "moments"):
+            m = self.get_variable(STATS, "moments")
+            if self.kind == "mean":
+                return m["mean"]
+            if self.kind == "mean_std":
+                return m["mean"], jnp.sqrt(m["m2"] / jnp.maximum(m["w"] - 1, 1) + self.eps)
+            return m["mean"], m["m2"] / m["w"]
+        if not self.is_initializing():
+            self.sow(FRAMES, "frames", {"x": x} if scores is None else {"x": x, "scores": scores})
+        if self.kind == "mean":
+            return temporal_mean(x, mask)
+        if self.kind == "mean_std":
+            return temporal_mean(x, mask), temporal_std(x, mask, self.eps)
+        alpha = uniform_weights(x, mask) if scores is None else attention_weights(scores, mask)
+        return attentive_moments(x, alpha, self.centered)
 
 
 def _conv1x1(features: int, dtype: Dtype, name: str) -> nn.Conv:
@@ -115,8 +204,9 @@ class TAP(nn.Module):
     """Temporal average pooling. (B, T, C) → (B, C)."""
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        return temporal_mean(x, mask)
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
+        return UtteranceStats("mean", name="stats")(x, mask)
 
     def out_dim(self, in_dim: int) -> int:
         return in_dim
@@ -126,8 +216,9 @@ class TSDP(nn.Module):
     """Temporal standard-deviation pooling. (B, T, C) → (B, C)."""
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        return temporal_std(x, mask)
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
+        return UtteranceStats("mean_std", name="stats")(x, mask)[1]
 
     def out_dim(self, in_dim: int) -> int:
         return in_dim
@@ -137,8 +228,9 @@ class TSTP(nn.Module):
     """Temporal statistics pooling, [mean, std] as in the x-vector. (B, T, C) → (B, 2C)."""
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        return jnp.concatenate([temporal_mean(x, mask), temporal_std(x, mask)], axis=-1)
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
+        return jnp.concatenate(UtteranceStats("mean_std", name="stats")(x, mask), axis=-1)
 
     def out_dim(self, in_dim: int) -> int:
         return 2 * in_dim
@@ -148,26 +240,45 @@ class ASTP(nn.Module):
     """Attentive statistics pooling (Desplanques et al., arXiv:2005.07143), channel-wise attention.
 
     α = softmax_t(linear2(tanh(linear1(x_in)))), where x_in is x or, with ``global_context_att``,
-    [x, mean_t x, std_t x] broadcast over time (the std with the unbiased variance + 1e-7; computed
-    without materialising the (B, T, 3C) concatenation, see ``_GlobalContextConv1x1``).
-    The statistics are always taken of x itself. No ReLU/BN in the attention, as in WeSpeaker.
+    [x, mean_t x, std_t x] broadcast over time (computed without materialising the (B, T, 3C)
+    concatenation, see ``_GlobalContextConv1x1``). The statistics are always taken of x itself.
+
+    ``variant`` selects whose numerics:
+
+    - ``'wespeaker'``: no ReLU/BN in the attention; the context std uses the unbiased variance + 1e-7;
+      the pooled std is sqrt(max(E_α[x²] − E_α[x]², 1e-7)).
+    - ``'speechbrain'`` (``AttentiveStatisticsPooling``): linear1 is a TDNN block, linear1 → ReLU → BN
+      (leaf ``bn``) before the tanh; the context mean/std are the uniform-weight case of the pooled
+      statistics; every std is the centred, biased sqrt(max(Σ α (x − mu)², 1e-12)).
+
     (B, T, C) → (B, 2C).
     """
 
     bottleneck_dim: int = 128
     global_context_att: bool = False
     dtype: Dtype = jnp.float32
+    variant: str = "wespeaker"
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        if self.variant not in ASTP_VARIANTS:
+            raise ValueError(f"ASTP variant {self.variant!r} is not one of {ASTP_VARIANTS}")
+        speechbrain = self.variant == "speechbrain"
+        eps = SPEECHBRAIN_STD_EPS if speechbrain else STD_EPS
         channels = x.shape[-1]
         if self.global_context_att:
-            context = jnp.concatenate([temporal_mean(x, mask), temporal_std(x, mask)], axis=-1)  # (B, 2C)
+            if speechbrain:  # the uniform-weight case of the pooled statistics
+                moments = UtteranceStats("attentive", centered=True, name="context")(x, mask)
+                context = _mean_std(*moments, eps)  # (B, 2C)
+            else:
+                context = jnp.concatenate(UtteranceStats("mean_std", name="context")(x, mask), axis=-1)  # (B, 2C)
             h = _GlobalContextConv1x1(self.bottleneck_dim, self.dtype, name="linear1")(x, context)
         else:
             h = _conv1x1(self.bottleneck_dim, self.dtype, "linear1")(x)  # (B, T, bottleneck)
+        if speechbrain:
+            h = BatchNorm(dtype=self.dtype, name="bn")(nn.relu(h), train=train, mask=mask)
         scores = _conv1x1(channels, self.dtype, "linear2")(jnp.tanh(h))  # (B, T, C)
-        return attentive_statistics(x, attention_weights(scores, mask))
+        return _mean_std(*UtteranceStats("attentive", centered=speechbrain, name="stats")(x, mask, scores), eps)
 
     def out_dim(self, in_dim: int) -> int:
         return 2 * in_dim
@@ -189,7 +300,8 @@ class MHASTP(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         channels = x.shape[-1]
         if channels % self.head_num:
             raise ValueError(f"MHASTP input channels {channels} are not divisible by head_num {self.head_num}")
@@ -198,7 +310,8 @@ class MHASTP(nn.Module):
         out = []
         for h, chunk in enumerate(jnp.split(x, self.head_num, axis=-1)):  # (B, T, d_model)
             scores = _AttentionScorer(tuple(widths), self.dtype, name=f"heads_att_trans_{h}")(chunk)
-            out.append(attentive_statistics(chunk, attention_weights(scores, mask)))  # (B, 2·d_model)
+            moments = UtteranceStats("attentive", name=f"stats_{h}")(chunk, mask, scores)
+            out.append(_mean_std(*moments, STD_EPS))  # (B, 2·d_model)
         return jnp.concatenate(out, axis=-1)
 
     def out_dim(self, in_dim: int) -> int:
@@ -220,7 +333,8 @@ class MQMHASTP(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         queries = [
             MHASTP(self.layer_num, self.head_num, self.d_s, self.bottleneck_dim, self.dtype, name=f"n_query_{q}")(
                 x, mask
@@ -245,11 +359,12 @@ class SAP(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         h = jnp.tanh(_conv1x1(self.bottleneck_dim, self.dtype, "linear")(x))  # (B, T, bottleneck)
         u = self.param("attention", nn.initializers.normal(stddev=0.1), (self.bottleneck_dim,), jnp.float32)
-        w = attention_weights(h.astype(stat_dtype(h.dtype)) @ u[:, None], mask)  # (B, T, 1)
-        return jnp.sum(w * x.astype(stat_dtype(x.dtype)), axis=1)
+        scores = h.astype(stat_dtype(h.dtype)) @ u[:, None]  # (B, T, 1)
+        return UtteranceStats("attentive", name="stats")(x, mask, scores)[0]  # Σ_t w_t x_t; the variance is unused
 
     def out_dim(self, in_dim: int) -> int:
         return in_dim
@@ -266,17 +381,26 @@ POOLINGS: dict[str, type[nn.Module]] = {
 }
 
 
-def make_pooling(kind: str, *, global_context_att: bool = False, dtype: Dtype = jnp.float32, **kwargs) -> nn.Module:
+def make_pooling(
+    kind: str,
+    *,
+    global_context_att: bool = False,
+    dtype: Dtype = jnp.float32,
+    variant: str = "wespeaker",
+    bottleneck_dim: int = 128,
+    **kwargs,
+) -> nn.Module:
     """The pooling ``kind`` (a key of ``POOLINGS``) with WeSpeaker's defaults, as ECAPA builds it.
 
-    ``global_context_att`` only affects ASTP (WeSpeaker's other poolings ignore it too). Other
-    keyword arguments (``name``, hyper-parameters) go to the module.
+    ``global_context_att``, ``variant`` and ``bottleneck_dim`` only affect ASTP (WeSpeaker's other poolings
+    ignore the first too). Other keyword arguments (``name``, hyper-parameters) go to the module. Every
+    pooling is called as ``pool(x (B, T, C), mask (B, T) or None, train=...)``.
     """
     if kind not in POOLINGS:
         raise ValueError(f"unknown pooling {kind!r}; expected one of {sorted(POOLINGS)}")
     cls = POOLINGS[kind]
     if cls is ASTP:
-        kwargs["global_context_att"] = global_context_att
+        kwargs |= {"global_context_att": global_context_att, "variant": variant, "bottleneck_dim": bottleneck_dim}
     if cls in (ASTP, MHASTP, MQMHASTP, SAP):
         kwargs["dtype"] = dtype
     return cls(**kwargs)

@@ -35,7 +35,8 @@ from typing import Any
 import flax.linen as nn
 from flax import traverse_util
 
-from ecapa_jax.io.convert.common import Location, convert_to_template, leaf_location, module_path, template
+from ecapa_jax.io.convert.common import Location, check_leaves, convert_keys, module_template, torch_shape
+from ecapa_jax.io.convert.common import flax_location as plain_location
 from ecapa_jax.models import build_model
 
 RENAMED = {  # nn.MultiheadAttention's packed projection → an ordinary Dense named ``in_proj``
@@ -45,14 +46,18 @@ RENAMED = {  # nn.MultiheadAttention's packed projection → an ordinary Dense n
 
 
 def flax_location(key: str, shapes: Mapping[Location, Any]) -> Location:
-    """Where the torch ``key`` lives in the Flax variables whose template is ``shapes`` (module docstring)."""
-    path, leaf = module_path(key)
+    """Where the torch ``key`` lives in the Flax variables whose template is ``shapes`` (module docstring).
+
+    The common rule (``ecapa_jax.io.convert.common.flax_location``), with the ``RENAMED`` leaves, and a
+    ``weight`` that is a ``scale`` wherever the template has no ``kernel`` there (LayerNorm, which has no
+    ``running_mean`` sibling for the common rule to tell it by).
+    """
+    *path, leaf = plain_location(key, ())
     if leaf in RENAMED:
-        module, name = RENAMED[leaf]
-        return ("params", *path, module, name)
-    if leaf == "weight":
-        return ("params", *path, "kernel" if ("params", *path, "kernel") in shapes else "scale")
-    return leaf_location(path, leaf)
+        return ("params", *path[1:], *RENAMED[leaf])
+    if leaf == "kernel" and ("params", *path[1:], "kernel") not in shapes:
+        return ("params", *path[1:], "scale")
+    return (*path, leaf)
 
 
 def module_from_torch(state_dict: Mapping[str, Any], module: nn.Module, feat_dim: int) -> dict[str, Any]:
@@ -70,9 +75,13 @@ def module_from_torch(state_dict: Mapping[str, Any], module: nn.Module, feat_dim
     Raises:
       ValueError: keys that land on no leaf or have the wrong shape, and leaves no key fills, all listed.
     """
-    shapes = template(module, feat_dim)
+    shapes = {loc: tuple(s.shape) for loc, s in module_template(module, feat_dim).items()}
     state_dict = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in state_dict.items()}
-    flat, problems = convert_to_template(state_dict, shapes, lambda k: flax_location(k, shapes))
+    locations = {key: flax_location(key, shapes) for key in state_dict}
+    layout = {key: torch_shape(shapes[loc]) for key, loc in locations.items() if loc in shapes}
+    flat, problems = convert_keys(state_dict, layout, locations.__getitem__)
+    filled = {locations[key] for key in layout}
+    problems += check_leaves("leaf", {}, {loc: s for loc, s in shapes.items() if loc not in filled})
     if problems:
         raise ValueError(
             f"state_dict does not match {type(module).__name__}: {len(problems)} problems: {'; '.join(problems)}"
