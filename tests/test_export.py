@@ -29,9 +29,16 @@ from ecapa_jax.io.checkpoint import join_variables, save_model_dir
 from ecapa_jax.io.export import export, load_artifact
 from ecapa_jax.models import build_model, model_config_to_dict
 from ecapa_jax.models.campplus import CamPPConfig
+from ecapa_jax.models.conformer import ConformerConfig
 from ecapa_jax.models.ecapa import EcapaConfig
+from ecapa_jax.models.transformer import TransformerConfig
 
 JAX_ATOL, ONNX_ATOL = 1e-5, 1e-4  # acceptance bounds; measured ≤ 3e-7 (jax) and ≤ 2e-6 (onnx)
+# The waveform artifact includes the front-end, whose fbank rounds differently in the padded batch's shape (≤ 8e-6
+# on features); padded vs alone, the models themselves are ≤ 2e-7 apart on the same features. The attention models'
+# LayerNorms on narrow frames (d_model 16) amplify that rounding: measured 1.2e-5 (Transformer), 1.1e-5 (Conformer),
+# 2.3e-6 (ECAPA).
+WAVE_ATOL = {"transformer": 3e-5, "conformer": 3e-5}  # by family; JAX_ATOL for the others
 SHAPES = [(3, 317), (1, 1999)]  # (B, T) pairs, none used at export (B and T are symbolic there)
 FAMILIES = {  # name: (config, front-end, why jax2onnx 0.17.1 cannot convert it, or None)
     "ecapa_glob_astp": (EcapaConfig(channels=32, embed_dim=16, global_context_att=True), KaldiFrontEnd(), None),
@@ -56,6 +63,30 @@ FAMILIES = {  # name: (config, front-end, why jax2onnx 0.17.1 cannot convert it,
         ),
         KaldiFrontEnd(),
         "InconclusiveDimensionOperation",
+    ),  # fmt: skip
+    "light_ecapa": (
+        EcapaConfig(channels=32, embed_dim=16, global_context_att=True, separable_res2=True, separable_layer1=True),
+        KaldiFrontEnd(),
+        None,
+    ),
+    "transformer": (
+        TransformerConfig(feat_dim=80, d_model=16, num_layers=2, num_heads=2, ff_dim=32, embed_dim=16),
+        KaldiFrontEnd(),
+        None,
+    ),
+    "conformer_sap": (  # the boss's layout: self-attentive pooling
+        ConformerConfig(
+            feat_dim=80,
+            d_model=16,
+            num_layers=2,
+            num_heads=2,
+            ff_dim=32,
+            embed_dim=16,
+            depthwise_conv_kernel_size=7,
+            pooling="SAP",
+        ),
+        KaldiFrontEnd(),
+        None,
     ),  # fmt: skip
 }
 
@@ -195,11 +226,12 @@ def test_waveform_artifact_includes_the_front_end_and_masks(family, exported, tm
     waves[1, 5123:] = 7.0  # junk past a row's length must not matter
     inputs = {"batch": (waves, lengths), "row1": (waves[1:2, :5123], lengths[1:2])}  # any N: row 1 alone
     got = run_fresh(RUN_JAX, exported[0] / "wave.jax", inputs, tmp_path)
+    atol = WAVE_ATOL.get(model_config_to_dict(config)["family"], JAX_ATOL)
     for b, n in enumerate(lengths):
         want = np.asarray(embed_waveforms(variables, waves[b : b + 1, :n], lengths[b : b + 1], config, frontend))
-        np.testing.assert_allclose(got["batch"][b : b + 1], want, rtol=0, atol=JAX_ATOL, err_msg=f"row {b}")
+        np.testing.assert_allclose(got["batch"][b : b + 1], want, rtol=0, atol=atol, err_msg=f"row {b}")
         if b == 1:
-            np.testing.assert_allclose(got["row1"], want, rtol=0, atol=JAX_ATOL)
+            np.testing.assert_allclose(got["row1"], want, rtol=0, atol=JAX_ATOL)  # the same shapes: same rounding
 
 
 def test_loaded_artifacts_check_their_input(exported, tmp_path):

@@ -21,9 +21,11 @@ from ecapa_jax.frontend.kaldi import KaldiFrontEnd
 from ecapa_jax.io.convert.wespeaker import from_wespeaker
 from ecapa_jax.models import build_model
 from ecapa_jax.models.campplus import CamPPConfig
+from ecapa_jax.models.conformer import ConformerConfig
 from ecapa_jax.models.ecapa import EcapaConfig
 from ecapa_jax.models.long_form import chunk_input, chunk_starts, embed_long
 from ecapa_jax.models.pooling import FRAMES, STATS
+from ecapa_jax.models.transformer import TransformerConfig
 from ecapa_jax.stats import merge_moments, weighted_moments
 
 EMB_ATOL = 1e-5  # chunked vs whole file: measured ≤ 1e-6 on embeddings of magnitude ~1
@@ -33,6 +35,10 @@ FAMILIES = {  # one small model per family that supports long-form evaluation
     "ecapa_glob_astp_emb_bn": EcapaConfig(channels=32, feat_dim=F, embed_dim=16, global_context_att=True, emb_bn=True),
     "ecapa_tstp": EcapaConfig(channels=32, feat_dim=F, embed_dim=16, pooling="TSTP"),
     "speechbrain_ecapa": EcapaConfig.speechbrain(32, 96, feat_dim=F, embed_dim=16),  # reflect padding, BN in ASP
+    # Depthwise-separable convs reach as far as the full ones they replace: the same context_frames.
+    "light_ecapa": EcapaConfig(
+        channels=32, feat_dim=F, embed_dim=16, global_context_att=True, separable_res2=True, separable_layer1=True
+    ),
 }
 # CAM++ is not local between reductions that long-form can supply: each of its CAM layers gates by the
 # utterance mean and by means over 100-frame segments counted from the file's start (dozens of reductions).
@@ -40,6 +46,15 @@ WHOLE_ONLY = CamPPConfig(
     feat_dim=F, embed_dim=16, m_channels=8, fcm_blocks=(1, 1), init_channels=16, growth_rate=8, bn_size=2,
     block_layers=(2, 2, 2), seg_len=20,
 )  # fmt: skip
+# Self-attention is global: every frame of every layer depends on every frame of the file, so no halo makes a
+# chunk exact. These families have no context_frames: refused in chunks, evaluated whole by the encoder.
+WHOLE_ONLY_FAMILIES = {
+    "campplus": WHOLE_ONLY,
+    "transformer": TransformerConfig(feat_dim=F, d_model=16, num_layers=1, num_heads=2, ff_dim=32, embed_dim=16),
+    "conformer": ConformerConfig(
+        feat_dim=F, d_model=16, num_layers=1, num_heads=2, ff_dim=32, embed_dim=16, depthwise_conv_kernel_size=7
+    ),
+}
 
 
 def random_variables(config, seed: int = 0) -> dict:
@@ -185,8 +200,13 @@ def test_bad_long_form_inputs_are_named(family):
     module, variables = family
     with pytest.raises(ValueError, match=rf"features must have shape \(T, {F}\) with T ≥ 1, got \(5, {F + 1}\)"):
         embed_long(module, variables, np.zeros((5, F + 1)), 4)
-    with pytest.raises(ValueError, match=r"CAMPPlus does not support long-form evaluation \(no context_frames\)"):
-        embed_long(build_model(WHOLE_ONLY), {}, np.zeros((5, F)), 4)
+
+
+@pytest.mark.parametrize("name", list(WHOLE_ONLY_FAMILIES))
+def test_families_without_context_frames_are_refused_in_chunks(name):
+    module = build_model(WHOLE_ONLY_FAMILIES[name])
+    with pytest.raises(ValueError, match=rf"^{type(module).__name__} does not support long-form evaluation"):
+        embed_long(module, {}, np.zeros((5, F)), 4)
 
 
 # ----------------------------------------------------------------------------- front-end and audio, streamed
@@ -238,9 +258,11 @@ def test_encoder_embeds_long_utterances_in_chunks(encoder, tmp_path):
         Encoder(encoder.config, encoder.variables, chunk_frames=0)
 
 
-def test_families_without_long_form_embed_long_utterances_whole():
-    """CAM++ has no context_frames: a long utterance takes the one-program path instead of raising."""
-    config = dataclasses.replace(WHOLE_ONLY, feat_dim=80)
+@pytest.mark.parametrize("name", list(WHOLE_ONLY_FAMILIES))
+def test_families_without_long_form_embed_long_utterances_whole(name):
+    """CAM++, the Transformer and the Conformer have no context_frames: a long utterance takes the one-program
+    path instead of raising."""
+    config = dataclasses.replace(WHOLE_ONLY_FAMILIES[name], feat_dim=80)
     variables = random_variables(config)
     wave = speech_like(2.5, 16000, seed=9)  # 248 frames, over chunk_frames
     got = Encoder(config, variables, chunk_frames=100).embed_batch([wave])
