@@ -17,7 +17,7 @@ from train.data import DataConfig
 def get_config() -> TrainConfig:
     return dataclasses.replace(
         load_config("voxceleb_glob_c512"),
-        model=EcapaConfig.glob_c512(channels=16, mfa_dim=64, embed_dim=32),
+        model=EcapaConfig(channels=16, mfa_dim=64, embed_dim=32, global_context_att=True),  # GLOB, as the recipe
         data=DataConfig(
             data_type="demo",
             demo_speakers=16,
