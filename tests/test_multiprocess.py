@@ -17,6 +17,8 @@ from train import launch
 
 STEPS, HALF = 6, 3
 RUN = [f"num_epochs={STEPS}", f"checkpoint_interval={HALF}", "keep_checkpoints=2"]
+# Held-out evaluation (4 generated speakers, 40 trials) at steps 0, HALF and STEPS: done by process 0 alone.
+EVAL = ["data.demo_held_out=4", "num_eval_trials=40", f"eval_interval={HALF}"]
 PROCESSES, DEVICES = 2, 2
 HEARTBEAT = 5  # --heartbeat-timeout of the runs where a process dies: the bound on noticing a silent peer
 
@@ -42,7 +44,7 @@ def _logs(workdir) -> list[str]:
 def single(optimized_env, tmp_path_factory):
     """One process, one device: the reference."""
     workdir = tmp_path_factory.mktemp("single") / "run"
-    result = runs.run(workdir, *RUN, environ=optimized_env)
+    result = runs.run(workdir, *RUN, *EVAL, environ=optimized_env)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -51,7 +53,7 @@ def single(optimized_env, tmp_path_factory):
 def multi(optimized_env, tmp_path_factory):
     """Two processes × two devices, uninterrupted."""
     workdir = tmp_path_factory.mktemp("multi") / "run"
-    codes = runs.wait(_start(workdir, optimized_env), timeout=400)
+    codes = runs.wait(_start(workdir, optimized_env, *EVAL), timeout=400)
     assert codes == [0] * PROCESSES, (codes, [log[-3000:] for log in _logs(workdir)])
     return workdir
 
@@ -76,6 +78,12 @@ def test_two_processes_equal_one(single, multi):
     print(f"parameters after {STEPS} steps: max |difference| {diff:.2e}")
     assert diff <= 1e-3, diff
     assert extra["step"] == STEPS and len(extra["loader"]) == PROCESSES
+    # Evaluated by process 0 (the other waiting) at the same steps, once each; the EERs of two models this close
+    # agree (a trial's score would have to cross the threshold to change them).
+    evals, evals_ref = runs.jsonl(multi / "eval.jsonl"), runs.jsonl(single / "eval.jsonl")
+    assert [e["step"] for e in evals] == [e["step"] for e in evals_ref] == [0, HALF, STEPS]
+    print("held-out EER, 1 process:", [e["eer"] for e in evals_ref], "2 processes:", [e["eer"] for e in evals])
+    np.testing.assert_allclose([e["eer"] for e in evals], [e["eer"] for e in evals_ref], atol=0.05)
     encoder = ecapa_jax.load(multi / "model")
     np.testing.assert_array_equal(
         encoder.variables["params"]["linear"]["kernel"], state["params"]["model"]["linear"]["kernel"]
@@ -88,18 +96,19 @@ def test_sigkill_of_all_processes_then_relaunch_is_exact(multi, optimized_env, t
     """All processes killed after checkpoint HALF, the same command again: the uninterrupted run's parameters
     bit for bit, the same batches, each step logged once."""
     workdir = tmp_path / "run"
-    procs = _start(workdir, optimized_env)
+    procs = _start(workdir, optimized_env, *EVAL)
     runs.wait_for(workdir / "checkpoints" / str(HALF), procs, logs=tmp_path / "run_logs")
     for proc in procs:
         proc.send_signal(signal.SIGKILL)
     runs.wait(procs, timeout=30)
     assert not (workdir / "checkpoints" / str(STEPS)).exists(), "the kill came too late"
-    codes = runs.wait(_start(workdir, optimized_env), timeout=300)
+    codes = runs.wait(_start(workdir, optimized_env, *EVAL), timeout=300)
     assert codes == [0] * PROCESSES, (codes, [log[-3000:] for log in _logs(workdir)])
     assert f"resumed {workdir} from step {HALF}" in _logs(workdir)[0]
     straight, resumed = runs.jsonl(multi / "metrics.jsonl"), runs.jsonl(workdir / "metrics.jsonl")
     keys = ("step", "data_epoch", "data_step", "index_crc", "loss", "grad_norm")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+    assert runs.jsonl(workdir / "eval.jsonl") == runs.jsonl(multi / "eval.jsonl")
     (a, extra_a), (b, extra_b) = runs.checkpoint(multi, STEPS), runs.checkpoint(workdir, STEPS)
     assert extra_a == extra_b
     assert runs.bitwise_equal(a, b), runs.max_abs_diff(a, b)

@@ -54,18 +54,21 @@ def _orbax_errors_reported_by_us() -> Iterator[None]:
     A failed write makes orbax log a traceback from each of its writer threads (absl), asyncio report the
     writes that failed alongside ("Task exception was never retrieved"), and tensorstore's callbacks print
     "Event loop is closed" tracebacks straight to the stderr file descriptor: dozens on a full disk. Log
-    records at ERROR are filtered, and file descriptor 2 is captured; what it caught is written out again
-    when the save succeeds, so nothing else is lost.
+    records at ERROR are filtered; in a single-process run file descriptor 2 is captured too, and what it
+    caught is written out again when the save succeeds. Not in a multi-process run: there JAX may end the
+    process from inside a save (a peer died) with a message that must not go into the capture.
     """
     below_error = lambda record: record.levelno < logging.ERROR  # noqa: E731 - a filter keeps what it accepts
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     for logger in loggers:
         logger.addFilter(below_error)
-    sys.stderr.flush()
-    saved = os.dup(2)
     failed = False
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
+    with contextlib.ExitStack() as stack:
+        captured = stack.enter_context(tempfile.TemporaryFile()) if jax.process_count() == 1 else None
+        if captured is not None:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(captured.fileno(), 2)
         try:
             yield
         except BaseException:
@@ -73,14 +76,15 @@ def _orbax_errors_reported_by_us() -> Iterator[None]:
             gc.collect()  # asyncio reports unretrieved task errors when the tasks are collected: now, held back
             raise
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
             for logger in loggers:
                 logger.removeFilter(below_error)
-            if not failed:
-                captured.seek(0)
-                os.write(2, captured.read())
+            if captured is not None:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                if not failed:
+                    captured.seek(0)
+                    os.write(2, captured.read())
 
 
 class Checkpoints:
@@ -114,10 +118,7 @@ class Checkpoints:
             with _orbax_errors_reported_by_us():
                 self.manager.save(step, state, {"step": step, "loader": loaders})
         except Exception as e:  # noqa: BLE001 - orbax raises ValueError, OSError, RuntimeError, ... for I/O
-            raise CheckpointError(
-                f"could not write checkpoint {step} to {path}: {_reason(e)}. "
-                f"{self.describe_latest()}; it is intact and the run resumes from it"
-            ) from None
+            raise CheckpointError(f"could not write checkpoint {step} to {path}: {_reason(e)}") from None
 
     def restore(self, target: Any) -> tuple[Any, dict, int] | None:
         """``(state, this process's loader state, step)`` of the newest checkpoint that restores; None if none.

@@ -66,9 +66,17 @@ class JsonLog:
         os.replace(tmp, self.path)
 
     def write(self, record: Mapping[str, Any]) -> None:
+        """Appends ``record``.
+
+        Raises:
+          OSError: the write failed (a full disk); the message names the file.
+        """
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                raise OSError(e.errno, f"could not write {self.path}: {e.strerror}") from None
 
 
 class TensorBoard:
@@ -104,18 +112,29 @@ class TensorBoard:
             return
         from tensorboardX.summary import scalar
 
-        for name, value in values.items():
-            summary = scalar(f"{prefix}/{name}", value)
-            self._writer.write_event(self._event(wall_time=time.time(), step=step, summary=summary))
+        with self._naming_the_file():
+            for name, value in values.items():
+                summary = scalar(f"{prefix}/{name}", value)
+                self._writer.write_event(self._event(wall_time=time.time(), step=step, summary=summary))
 
     def flush(self) -> None:
         if self._writer is not None:
-            self._writer.flush()
+            with self._naming_the_file():
+                self._writer.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        """Flushes and closes the event file (again: nothing)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with self._naming_the_file():
+                writer.close()
+
+    @contextlib.contextmanager
+    def _naming_the_file(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            raise OSError(e.errno, f"could not write TensorBoard events in {self.directory}: {e.strerror}") from None
 
 
 class MetricsLog:

@@ -16,6 +16,7 @@ them write and restore the checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -197,7 +198,12 @@ def restore_or_init(
     if restored is None:
         return state, 0
     state, loader_state, step = restored
-    loader.restore(loader_state)
+    try:
+        loader.restore(loader_state)
+    except ValueError as e:  # e.g. a data list changed under --force-config
+        raise ValueError(
+            f"checkpoint {checkpoints.manager.step_path(step)}: its data position does not fit: {e}"
+        ) from None
     log.info("resumed %s from step %d", workdir, step)
     return state, step
 
@@ -262,37 +268,48 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
     total = config.num_epochs * epoch_iter
     init, num_classes = initial_model(config, loader.num_classes)
     eval_set = make_eval_set(config, source.demo)
-    lock = on_lead("open-workdir", lambda: open_workdir(workdir, config, force_config))
-    checkpoints = None
-    try:
+    with contextlib.ExitStack() as stack:
+        lock = on_lead("open-workdir", lambda: open_workdir(workdir, config, force_config))
+        if lock is not None:
+            stack.callback(lock.release)
         trainer = Trainer.build(config, num_classes, epoch_iter, loader.chunk_len, init)
         checkpoints = Checkpoints(workdir / CHECKPOINT_DIR, config.keep_checkpoints)
+        stack.push(_closing(checkpoints.close))
         state, start = restore_or_init(trainer, checkpoints, loader, workdir)
         logs = RunLogs.open(workdir, config, eval_set, start, total, checkpoints.describe_latest)
+        stack.push(_closing(logs.close))
         try:
             state = _train(trainer, state, start, total, config, loader, checkpoints, logs)
             eer = logs.evaluate(state, total)
             counts = _data_counts(loader)
+            logs.close()
             metadata = {"source": str(workdir.resolve()), "source_format": "ecapa_jax.train", "step": total, "eer": eer}
             model_dir = on_lead("export", lambda: export_model(workdir, config, state, metadata))
-        except NonFiniteError:
-            raise
         except (*INPUT_ERRORS, ProcessFailedError, jax.errors.JaxRuntimeError) as e:
             log.debug("training stopped", exc_info=True)
             raise TrainingStoppedError(
                 f"training stopped after {logs.metrics.steps_done} steps: {failure_message(e)}. "
                 f"{checkpoints.describe_latest()}; the same command resumes from it"
             ) from e
-        finally:
-            logs.close()
-    finally:
-        if checkpoints is not None:
-            checkpoints.close()
-        if lock is not None:
-            lock.release()
     if is_lead():
         _report_end(workdir, total, eer, counts)
     return {"step": total, "eer": eer, "model_dir": str(model_dir or workdir / MODEL_DIR)}
+
+
+def _closing(close: Callable[[], None]):
+    """An exit callback (``ExitStack.push``) calling ``close``, whose own error (say, a full disk again)
+    is raised only when no other error is already on its way out."""
+
+    def exit_(exc_type, exc, traceback) -> bool:
+        try:
+            close()
+        except Exception:
+            if exc_type is None:
+                raise
+            log.debug("while stopping", exc_info=True)
+        return False
+
+    return exit_
 
 
 def _train(trainer, state, start, total, config, loader, checkpoints, logs) -> TrainState:
