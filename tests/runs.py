@@ -149,3 +149,13 @@ def tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
             for value in event.summary.value:
                 scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     return scalars
+
+
+def hold_lock(workdir: Path) -> subprocess.Popen:
+    """Another process holding ``workdir``'s trainer lock (`train.workdir.WorkdirLock`) until killed."""
+    code = f"import time; from train.workdir import WorkdirLock; WorkdirLock({str(workdir)!r}).acquire(); "
+    code += "print('locked', flush=True); time.sleep(600)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder

@@ -9,8 +9,6 @@ compilation cache.
 import fcntl
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,13 +110,8 @@ def test_a_failed_checkpoint_write_stops_at_once(straight, train_env, tmp_path):
 def test_one_trainer_per_workdir(tmp_path, capsys):
     """The lock refuses a second trainer (exit 2, naming the holder, nothing written) and is released by the
     kernel when its holder dies, however it dies."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from train.workdir import WorkdirLock; "
-         f"WorkdirLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
-        cwd=runs.ROOT, env={**os.environ, "PYTHONPATH": str(runs.ROOT)}, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    holder = runs.hold_lock(tmp_path)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(WorkdirBusyError, match=rf"in use by another trainer \(pid {holder.pid} on "):
             WorkdirLock(tmp_path).acquire()
         assert train_main(runs.train_args(tmp_path, *RUN)) == 2

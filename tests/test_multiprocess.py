@@ -148,3 +148,21 @@ def test_a_failed_process_stops_the_others_in_bounded_time(train_env, tmp_path, 
     if how == signal.SIGKILL and victim == 1:
         assert codes == [1] and "lost contact with another process" in survivor_log
         assert survivor_log.count("Traceback") == 0, survivor_log[-3000:]
+
+
+def test_a_setup_error_of_the_lead_stops_every_process(train_env, tmp_path):
+    """Process 0 finds the workdir locked by another trainer: it exits 2 naming the holder, and process 1, waiting
+    for it, exits 1 naming process 0's error; nothing is written."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    holder = runs.hold_lock(workdir)
+    try:
+        codes = runs.wait(_start(workdir, train_env), timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    lead, other = _logs(workdir)
+    assert codes == [2, 1], (codes, lead[-2000:], other[-2000:])
+    message = f"is in use by another trainer (pid {holder.pid} on"
+    assert f"error: {workdir} {message}" in lead and f"error: process 0: {workdir} {message}" in other, other
+    assert sorted(p.name for p in workdir.iterdir()) == [".lock"]

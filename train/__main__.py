@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = apply_overrides(load_config(args.config), args.overrides)
-    from train.distributed import initialize_distributed, post_failure  # imports JAX
+    from train.distributed import ProcessFailedError, initialize_distributed, post_failure  # imports JAX
     from train.logs import trainer_logging
 
     initialize_distributed(
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with trainer_logging():
             train_and_evaluate(config, workdir, force_config=args.force_config)
-    except (NonFiniteError, TrainingStoppedError) as e:
+    except (NonFiniteError, TrainingStoppedError, ProcessFailedError) as e:  # ProcessFailedError: another one
         error(e)
         return EXIT_PARTIAL
     except BaseException as e:

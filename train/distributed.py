@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 KEY_PREFIX = "ecapa_jax/train/"  # this run's keys in the coordination service
 FAILURE_KEY = KEY_PREFIX + "failure"
+LEFT_KEY = KEY_PREFIX + "left/"  # processes that stopped after a failure (`exit_process`)
 POLL_S = 0.05  # how often a waiting process looks for the lead's key (and for a failure)
 
 
@@ -227,21 +228,38 @@ def all_true(flag: bool) -> bool:
     return all(allgather_json(bool(flag)))
 
 
-def exit_process(code: int) -> None:
+def exit_process(code: int, linger_s: float = 10.0) -> None:
     """Ends the process with ``code``; at once (``os._exit``) when the run failed.
 
     A failed run skips the interpreter's exit: in a multi-process run that is the coordination service's
     shutdown barrier (see the module docstring), and in any run the collection of orbax's failed writer
     tasks, which would print their tracebacks after the one-line error. Output streams are flushed first.
+    Process 0 hosts the coordination service, so when it posted a failure of its own it waits (up to
+    ``linger_s``) before it leaves for the others to say they have read it; they say so as they leave.
+
     A successful run exits normally, through the shutdown barrier, which every process reaches together
     because the others wait for the lead's export (`on_lead`).
     """
-    if code != 0:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        logging.shutdown()
-        os._exit(code)
-    sys.exit(code)
+    if code == 0:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    logging.shutdown()
+    client = _client()
+    if client is not None:
+        try:
+            own_failure = (posted_failure() or "").startswith("process 0:")
+            if is_lead() and own_failure:  # the others may still be reading it
+                deadline = time.monotonic() + linger_s
+                while len(client.key_value_dir_get(LEFT_KEY)) < jax.process_count() - 1:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(POLL_S)
+            else:
+                client.key_value_set(f"{LEFT_KEY}{jax.process_index()}", str(code))
+        except Exception:  # noqa: BLE001 - the coordinator is gone already
+            pass
+    os._exit(code)
 
 
 def _first_line(error: BaseException) -> str:
