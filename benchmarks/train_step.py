@@ -42,31 +42,38 @@ MARGIN, SCALE, LR = 0.2, 32.0, 0.1
 
 
 @functools.cache
-def _jitted_step(config: EcapaConfig, classes: int):
-    """(model, head, tx, mesh, jitted step) for a config; cached, so repeated benchmarks compile once."""
+def _jitted_step(config: EcapaConfig, classes: int, augment=None):
+    """(model, head, tx, mesh, jitted step) for a config (and optional `train.augment.DeviceAugment`); cached,
+    so repeated benchmarks compile once."""
     model, head = ECAPA_TDNN(config), ArcMarginHead(classes)
     lr = lambda step: jnp.float32(LR)  # noqa: E731 - constant: the schedule's cost is not what is measured
     margin = lambda step: jnp.float32(MARGIN)  # noqa: E731
     tx = train_step.sgd(lr)
     mesh = train_step.data_mesh(jax.devices()[:1])
     step = train_step.jit_train_step(
-        train_step.make_train_step(model, head, tx, lr, margin, scale=SCALE, frontend=TRAIN_FRONT_END), mesh
+        train_step.make_train_step(model, head, tx, lr, margin, scale=SCALE, frontend=TRAIN_FRONT_END, augment=augment),
+        mesh,
     )
     return model, head, tx, mesh, step
 
 
-def ours_step(config: EcapaConfig, classes: int, samples: int) -> Callable[[dict], jax.Array]:
+def fresh_state(model, head, tx, mesh, samples: int) -> train_step.TrainState:
+    """A new train state on ``mesh``, initialised by one compiled program (as the trainer does; op by op is slow)."""
+    init = functools.partial(train_step.init_state, model, head, tx, num_samples=samples, frontend=TRAIN_FRONT_END)
+    return train_step.replicate(jax.jit(init)(jax.random.key(0)), mesh)
+
+
+def ours_step(config: EcapaConfig, classes: int, samples: int, augment=None) -> Callable[[dict], jax.Array]:
     """Our jitted, donated train step with fresh state; returns ``run(batch) -> loss`` (blocks).
 
     Args:
       config: the model.
       classes: N of the AAM head.
-      samples: L, the waveform chunk length.
+      samples: L, the waveform chunk length the front-end sees.
+      augment: the step's waveform augmentation (`train.augment.DeviceAugment`), or None.
     """
-    model, head, tx, mesh, step = _jitted_step(config, classes)
-    state = train_step.replicate(
-        train_step.init_state(model, head, tx, jax.random.key(0), samples, TRAIN_FRONT_END), mesh
-    )
+    model, head, tx, mesh, step = _jitted_step(config, classes, augment)
+    state = fresh_state(model, head, tx, mesh, samples)
     holder = {"state": state, "rng": jax.random.key(1)}
 
     def run(host_batch: dict) -> jax.Array:

@@ -2,8 +2,9 @@
 
 The package follows the pipeline, front to back (each module documents its own):
 
-  frontend/   audio files → waveforms → features: load_audio, resample, Kaldi fbank + CMN (KaldiFrontEnd)
-  models/     features → embeddings: shared layers, the pooling family, ECAPA-TDNN (FAMILIES)
+  frontend/   audio files → waveforms → features: load_audio, resample, Kaldi fbank + CMN (KaldiFrontEnd),
+              SpeechBrain's Fbank (SpeechBrainFbank)
+  models/     features → embeddings: shared layers, the pooling family, ECAPA-TDNN, CAM++ (FAMILIES)
   training/   embeddings → loss: margin heads, learning-rate and margin schedules
   backend/    embeddings → scores → EER/minDCF, plots
   io/         model directories and checkpoints, Kaldi tables, torch-free .pt files, converters
@@ -19,17 +20,21 @@ from ecapa_jax.backend.scoring import as_norm, cohort_stats, cosine_scores, scor
 from ecapa_jax.encoder import Encoder, load
 from ecapa_jax.frontend.audio import AudioError, load_audio, resample
 from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd, cmn, fbank, num_frames, wespeaker_features
+from ecapa_jax.frontend.speechbrain import SpeechBrainFbank
 from ecapa_jax.models import FAMILIES, build_model
+from ecapa_jax.models.campplus import CamPPConfig, CAMPPlus
 from ecapa_jax.models.ecapa import ECAPA_TDNN, PRESETS, EcapaConfig
 from ecapa_jax.training.heads import HEADS, HeadConfig, make_head, margin_loss
 from ecapa_jax.training.schedules import exponential_decrease, margin_schedule
 
 __all__ = [
+    "CAMPPlus",
     "ECAPA_TDNN",
     "FAMILIES",
     "HEADS",
     "PRESETS",
     "AudioError",
+    "CamPPConfig",
     "EcapaConfig",
     "Encoder",
     "FbankConfig",
@@ -53,6 +58,7 @@ __all__ = [
     "num_frames",
     "resample",
     "score_trials",
+    "SpeechBrainFbank",
     "wespeaker_features",
 ]
 __version__ = "0.1.0"

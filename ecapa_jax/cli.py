@@ -1,7 +1,7 @@
 """What every command line shares: one shape and one exit-code rule.
 
 Each command (``python -m ecapa_jax.embed``, ``.score``, ``.metrics``, ``.convert``, ``python -m train``,
-``python -m train.tools``, ``python -m train.data``) is a thin module: an ``argparse`` parser and a
+``python -m train.tools``, ``python -m train.data``) is a thin module: a parser (``ArgumentParser``) and a
 ``main(argv) -> int`` decorated with ``@command`` that calls importable functions, and
 ``sys.exit(main())`` at the bottom. ``main([...])`` called from Python returns the same status the process
 exits with, so the rule is tested without starting processes.
@@ -22,6 +22,7 @@ input error never costs a computation. An unexpected exception (a bug) still sho
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable, Sequence
@@ -39,11 +40,19 @@ def error(message: object) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line (``error: PROG: message``) and exit 2."""
+
+    def error(self, message: str):
+        error(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise SystemExit(EXIT_USAGE)
+
+
 def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
     """Wraps a command's ``main`` in the exit-code rule: an input error becomes one line and status 2.
 
-    ``argparse`` already exits with 2 and a one-line message on bad arguments; that ``SystemExit`` is
-    turned into its status as well, so ``main`` always returns.
+    ``ArgumentParser`` exits with 2 and a one-line message on bad arguments; that ``SystemExit`` (and
+    ``--help``'s) is turned into its status as well, so ``main`` always returns.
     """
 
     @functools.wraps(main)
@@ -62,4 +71,4 @@ def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[s
     return wrapped
 
 
-__all__ = ["EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "INPUT_ERRORS", "command", "error"]
+__all__ = ["EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "INPUT_ERRORS", "ArgumentParser", "command", "error"]

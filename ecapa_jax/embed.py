@@ -1,13 +1,15 @@
 """Command line: speaker embeddings of audio files, one vector per utterance.
 
     python -m ecapa_jax.embed --model DIR (FILES... | --wav-scp wav.scp) --out emb.npz
-                              [--format npz|ark] [--batch-size N]
+                              [--format npz|ark] [--batch-size N] [--normalize]
 
 Utterance ids are the ``wav.scp`` keys, or the file names without their extension for FILES (two
-files with one name are an error). Embeddings are WeSpeaker's inference ones (``Encoder.embed_files``:
-whole utterances, 16 kHz, no mean subtraction) and are written as ``.npz`` (id → (E,) float32) or as a
-Kaldi archive with its index beside it (``emb.ark`` + ``emb.scp``, as WeSpeaker's ``xvector.ark/scp``);
-``python -m ecapa_jax.score`` reads either.
+files with one name are an error). Embeddings are the source toolkit's inference ones
+(``Encoder.embed_files`` with the front-end the model directory records: whole utterances, 16 kHz, no
+mean subtraction; ``--normalize`` applies SpeechBrain's recorded embedding normalisation,
+``Encoder.normalize``) and are written as ``.npz`` (id → (E,) float32) or as a Kaldi archive with its
+index beside it (``emb.ark`` + ``emb.scp``, as WeSpeaker's ``xvector.ark/scp``); ``python -m
+ecapa_jax.score`` reads either.
 
 A file that cannot be used (unreadable, too short, ...) is reported on stderr with its reason and the
 others are still written. Exit status (``ecapa_jax.cli``): 0, 1 when some file failed, 2 for usage and
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecapa_jax.cli import EXIT_OK, EXIT_PARTIAL, command, error
+from ecapa_jax.cli import EXIT_OK, EXIT_PARTIAL, ArgumentParser, command, error
 from ecapa_jax.encoder import load
 from ecapa_jax.io import kaldi_io
 from ecapa_jax.io.files import check_output_file
@@ -77,13 +79,16 @@ def write_embeddings(path: str | os.PathLike, vectors: Mapping[str, np.ndarray],
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ecapa_jax.embed", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ecapa_jax.embed", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="ecapa_jax model directory (python -m ecapa_jax.convert)")
     parser.add_argument("files", nargs="*", help="audio files; their names without extension are the ids")
     parser.add_argument("--wav-scp", help="Kaldi wav.scp ('id path' per line) instead of FILES")
     parser.add_argument("--out", required=True, help="embeddings to write: .npz, or .ark (+ .scp beside it)")
     parser.add_argument("--format", choices=sorted(FORMATS.values()), help="default: from the --out extension")
     parser.add_argument("--batch-size", type=int, default=16, help="utterances per device batch (default 16)")
+    parser.add_argument(
+        "--normalize", action="store_true", help="apply the model's embedding normalisation (SpeechBrain's)"
+    )
     return parser
 
 
@@ -103,8 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_file(Path(args.out).with_suffix(".scp"))
     table = kaldi_io.read_wav_scp(args.wav_scp) if args.wav_scp else file_ids(args.files)
     encoder = load(args.model)
+    if args.normalize and encoder.embedding_norm is None:
+        raise ValueError(f"--normalize: {args.model} records no embedding normalisation (see --embedding-norm)")
 
     embeddings, failures = encoder.embed_files(table, args.batch_size, progress=True)
+    if args.normalize:
+        embeddings = {utt: encoder.normalize(e) for utt, e in embeddings.items()}
     for utt, reason in failures.items():
         error(f"{utt}: {reason}")
     written = write_embeddings(args.out, embeddings, FORMATS[suffix])

@@ -44,6 +44,8 @@ from ecapa_jax.io.checkpoint import load_model_dir
 from ecapa_jax.models import build_model
 from ecapa_jax.stats import lengths_to_mask
 
+SPEECHBRAIN_NORM_FLOOR = 1e-10  # InputNormalization's epsilon: the std is clamped at it
+
 
 @dataclasses.dataclass(frozen=True)
 class Buckets:
@@ -260,6 +262,40 @@ class Encoder:
             {u: embeddings[u] for u in ids if u in embeddings},
             {u: failures[u] for u in ids if u in failures},
         )
+
+    @property
+    def embedding_norm(self) -> Mapping[str, Any] | None:
+        """The embedding normalisation the model directory records (SpeechBrain's ``mean_var_norm_emb``), or None."""
+        return self.metadata.get("embedding_norm")
+
+    def normalize(self, embeddings: Any) -> np.ndarray:
+        """SpeechBrain's global embedding normalisation: (e − mean) / max(std, 1e-10), or e − mean without std_norm.
+
+        What ``EncoderClassifier.encode_batch(normalize=True)`` applies with ``mean_var_norm_emb`` (recorded by
+        ``python -m ecapa_jax.convert speechbrain --embedding-norm mean_var_norm_emb.ckpt``).
+
+        Args:
+          embeddings: (E,) or (B, E).
+
+        Returns:
+          float32 of the same shape.
+
+        Raises:
+          ValueError: the model directory records no normalisation, or the shape does not end in E.
+        """
+        norm = self.embedding_norm
+        if norm is None:
+            raise ValueError(
+                "this model directory records no embedding normalisation (convert a SpeechBrain model with "
+                "--embedding-norm mean_var_norm_emb.ckpt)"
+            )
+        e = np.asarray(embeddings, np.float32)
+        mean = np.asarray(norm["mean"], np.float32)
+        if e.shape[-1:] != mean.shape:
+            raise ValueError(f"embeddings of shape {e.shape} do not end in the normalisation's size {mean.shape[0]}")
+        if norm.get("std_norm"):
+            return (e - mean) / np.maximum(np.asarray(norm["std"], np.float32), SPEECHBRAIN_NORM_FLOOR)
+        return e - mean
 
     @staticmethod
     def similarity(a: Any, b: Any, unit_interval: bool = False) -> float | np.ndarray:

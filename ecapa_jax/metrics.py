@@ -14,11 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from ecapa_jax.backend.metrics import report
-from ecapa_jax.cli import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, INPUT_ERRORS, command, error
+from ecapa_jax.cli import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, INPUT_ERRORS, ArgumentParser, command, error
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ecapa_jax.metrics", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ecapa_jax.metrics", description=__doc__.split("\n")[0])
     parser.add_argument("scores", nargs="+", help="WeSpeaker score files: 'enroll test score target|nontarget'")
     parser.add_argument("--p-target", type=float, default=0.01)
     parser.add_argument("--c-miss", type=float, default=1.0)

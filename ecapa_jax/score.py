@@ -17,12 +17,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from ecapa_jax.backend.scoring import load_embeddings, load_mean, read_trials, score_trials, write_scores
-from ecapa_jax.cli import EXIT_OK, command
+from ecapa_jax.cli import EXIT_OK, ArgumentParser, command
 from ecapa_jax.io.files import check_output_file
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ecapa_jax.score", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ecapa_jax.score", description=__doc__.split("\n")[0])
     parser.add_argument("--embeddings", required=True, help="trial embeddings: .npz, .ark or .scp")
     parser.add_argument("--trials", required=True, help="lines 'enroll test [target|nontarget]'")
     parser.add_argument("--mean-from", help="subtract the mean of these embeddings (or this .npy vector)")

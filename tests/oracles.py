@@ -1,8 +1,10 @@
-"""Imports of the PyTorch oracles (WeSpeaker's model code, torchaudio's kaldi fbank).
+"""Imports of the PyTorch oracles (WeSpeaker's model code, torchaudio's kaldi fbank, SpeechBrain 1.1.2,
+3D-Speaker's speakerlab-slim 0.1.0) and of the real weights and speech fetched from the registries.
 
 Each getter skips the calling test when the oracle is absent (``pytest.importorskip``); `make test`
 installs them, so CI runs every parity test. WeSpeaker's package ``__init__`` imports modules we do
-not install, so its submodules are imported under an empty parent package.
+not install, so its submodules are imported under an empty parent package. ``fetched`` skips only when
+a download is impossible (no registry or no pip/apt-get), saying why.
 """
 
 from __future__ import annotations
@@ -72,16 +74,51 @@ def wespeaker_variables(module) -> dict:
 
 
 def randomise_batchnorm(module, seed: int = 0) -> None:
-    """Random running statistics and affine parameters for every BatchNorm1d, so BN is exercised."""
+    """Random running statistics and affine parameters for every BatchNorm1d/2d, so BN is exercised."""
     t = torch()
     g = t.Generator().manual_seed(seed)
     with t.no_grad():
         for m in module.modules():
-            if isinstance(m, t.nn.BatchNorm1d):
+            if isinstance(m, t.nn.BatchNorm1d | t.nn.BatchNorm2d):
                 m.running_mean.copy_(t.randn(m.running_mean.shape, generator=g) * 0.5)
                 m.running_var.copy_(t.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(t.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(t.randn(m.bias.shape, generator=g) * 0.1)
+                if m.affine:
+                    m.weight.copy_(t.rand(m.weight.shape, generator=g) + 0.5)
+                    m.bias.copy_(t.randn(m.bias.shape, generator=g) * 0.1)
+
+
+def speechbrain(module: str):
+    """``speechbrain.<module>`` (1.1.2, its code only: e.g. ``lobes.models.ECAPA_TDNN``, ``lobes.features``)."""
+    torch()
+    pytest.importorskip("speechbrain", reason="speechbrain 1.1.2 is not installed (make oracles)")
+    return importlib.import_module(f"speechbrain.{module}")
+
+
+def speakerlab(module: str):
+    """``speakerlab.<module>`` (speakerlab-slim 0.1.0, 3D-Speaker's code: ``models.campplus.DTDNN``, ...)."""
+    torch()
+    pytest.importorskip("speakerlab", reason="speakerlab-slim 0.1.0 is not installed (make oracles)")
+    return importlib.import_module(f"speakerlab.{module}")
+
+
+def fetched(fn, *args, **kwargs):
+    """``fn(*args)`` from ``ecapa_jax.io.realdata``; the test is skipped, with the reason, only when a download
+    is impossible."""
+    from ecapa_jax.io.realdata import FetchError
+
+    pytest.importorskip("G722", reason="the PyPI package G722 (G.722 decoder) is not installed")
+    try:
+        return fn(*args, **kwargs)
+    except FetchError as e:
+        pytest.skip(f"download impossible here: {e}")
+
+
+def cosines(a, b):
+    """Row-wise cosine of (B, E) arrays, in float64."""
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
 def wespeaker_fbank(samples):

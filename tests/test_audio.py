@@ -138,3 +138,17 @@ def test_too_short_is_judged_after_resampling(tmp_path):
         load_audio(short)
     with _raises(ok, "need at least 401"):
         load_audio(ok, min_samples=401)
+
+
+def test_file_like_objects_are_read_and_named(tmp_path):
+    """Tar members are read from their bytes (``io.BytesIO``); messages name what ``name`` says."""
+    import io
+
+    x = _pcm16(2000)[:, 0]
+    sf.write(tmp_path / "a.flac", x, 16000, subtype="PCM_16")
+    data = (tmp_path / "a.flac").read_bytes()
+    np.testing.assert_array_equal(load_audio(io.BytesIO(data), name="shard.tar:u1"), x / 32768.0)
+    with pytest.raises(AudioError, match=r"^shard\.tar:u1: not a readable audio file"):
+        load_audio(io.BytesIO(b"RIFF garbage"), name="shard.tar:u1")
+    with pytest.raises(AudioError, match=r"^<audio>: not a readable audio file"):
+        load_audio(io.BytesIO(b"RIFF garbage"))

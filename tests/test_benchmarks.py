@@ -2,9 +2,11 @@
 the MAC count against a hand-written formula; the timing helper's interleaving; bad options."""
 
 import argparse
+import json
 import os
 import re
 
+import numpy as np
 import oracles
 import pytest
 
@@ -69,13 +71,48 @@ def test_fbank_prints_ratios(threads, capsys):
         assert float(diff) < 2e-3, out
 
 
-def test_pipeline_prints_ratios(threads, capsys):
-    oracles.torch()
+def test_pipeline_prints_ratios(capsys, tmp_path):
+    """Generated VoxCeleb/MUSAN/RIRS-shaped data, python -m train.data pinned to a core, the host augmentation."""
     from benchmarks import pipeline
 
-    args = [*threads, *TINY_MODEL, "--batch", "2", "--frames", "20", "--batches", "1", "--workers", "1"]
-    pipeline.main([*args, "--classes", "6"])
-    assert len(_ratios(capsys.readouterr().out)) == 4
+    args = ["--utts", "12", "--noise-files", "3", "--rirs", "4", "--batch", "4", "--repeats", "1", "--batches", "1"]
+    result = pipeline.main([*args, "--host-samples", "2", "--keep", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert len(_ratios(out)) == 2 and result["ours_samples_per_s"] > 0 and result["host_augment_samples_per_s"] > 0
+    assert result["grain_samples_per_s"] > 0  # grain is in the test extra
+    assert (
+        sorted(os.listdir(tmp_path / "musan")) == ["music", "noise", "speech"]
+        and len(os.listdir(tmp_path / "rirs")) == 4
+    )
+
+
+def test_augment_prints_its_share_of_the_step(threads, capsys):
+    from benchmarks import augment
+
+    ratios = augment.main([*threads, *TINY_MODEL, "--batch", "2", "--frames", "20", "--classes", "6"])
+    out = capsys.readouterr().out
+    assert len(_ratios(out)) == 1 and "the augmentation adds" in out
+    names = {"step + augmentation / step", "fastest step + augmentation / fastest step", "augmentation / step"}
+    assert set(ratios) == names and all(r > 0 for r in ratios.values())
+
+
+def test_gpu_script_runs_every_section_in_tiny_mode(tmp_path, capsys):
+    """The one-call GPU benchmark at toy sizes on the CPU: every section runs and every figure has a unit."""
+    from benchmarks import gpu
+
+    results = gpu.main(["--tiny", "--out", str(tmp_path / "gpu.json")])
+    assert results["errors"] == {} and results["skipped"] == [], results["errors"]
+    figures = json.loads((tmp_path / "gpu.json").read_text())["figures"]
+    assert figures == results["figures"] and all(f["unit"] for f in figures.values())
+    for name in (
+        "ours train step fp32, 2 x 20 frames", "ours train step bf16, 2 x 20 frames", "WeSpeaker train step AMP fp16",
+        "ratio ours bf16 / WeSpeaker AMP fp16", "ours extraction bf16, waveform -> emb, 2 x 0.5 s",
+        "device augmentation's share of the step", "host loader, recipe settings, 1 core",
+    ):  # fmt: skip
+        assert figures[name]["value"] is not None and np.isfinite(figures[name]["value"]), name
+    assert gpu.peak_for("NVIDIA H200") == gpu.PEAKS["H200"] and gpu.peak_for("NVIDIA L40S") == gpu.PEAKS["L40S"]
+    assert gpu.peak_for("NVIDIA L4") == gpu.PEAKS["L4"] and gpu.peak_for("cpu") is None
+    assert "device: " in capsys.readouterr().out
 
 
 def test_flops_match_hand_count(capsys):

@@ -19,11 +19,11 @@ from ecapa_jax.io.checkpoint import load_model_dir
 from ecapa_jax.io.convert.wespeaker import (
     dir_to_wespeaker,
     from_wespeaker,
-    load_state_dict,
     to_wespeaker,
     wespeaker_keys,
     wespeaker_to_dir,
 )
+from ecapa_jax.io.torchzip import load_state_dict
 from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
 
 TINY = {"channels": 64, "feat_dim": 24, "embed_dim": 32}  # WeSpeaker's ECAPA_TDNN class, narrow and fast

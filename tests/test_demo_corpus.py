@@ -53,6 +53,7 @@ def test_lengths_finite_and_peak(corpus):
         x = corpus.waveform(utt)
         assert x.dtype == np.float32 and x.ndim == 1
         assert 2.0 * SR <= len(x) <= 6.0 * SR, (utt, len(x))
+        assert corpus.num_samples(utt) == len(x)  # known without generating (the loader plans crops with it)
         assert np.all(np.isfinite(x))
         assert 0.3 - 1e-6 <= np.max(np.abs(x)) <= 0.9 + 1e-6  # drawn peak level, so ≤ 1
 

@@ -15,12 +15,12 @@ import argparse
 import traceback
 from collections.abc import Sequence
 
-from ecapa_jax.cli import EXIT_OK, EXIT_PARTIAL, command, error
+from ecapa_jax.cli import EXIT_OK, EXIT_PARTIAL, ArgumentParser, command, error
 from train.config import apply_overrides, load_config, preset_names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[1])
+    p = ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[1])
     p.add_argument("--config", default="demo", help=f"a preset ({', '.join(preset_names())}) or a .py file")
     p.add_argument("--workdir", default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--force-config", action="store_true", help="continue a workdir whose config differs")

@@ -412,12 +412,23 @@ class DemoCorpus:
             self._waveforms[utt_id] = x
         return self._waveforms[utt_id]
 
+    def num_samples(self, utt_id: str) -> int:
+        """The length of an utterance's waveform, without generating it (its first draw)."""
+        return self._length(np.random.default_rng(self._utterance_seed(utt_id)))
+
+    def _utterance_seed(self, utt_id: str) -> list[int]:
+        group, s, u = self._locate(utt_id)
+        return [self.seed, group, s, 1 + u]
+
+    def _length(self, rng: np.random.Generator) -> int:
+        return int(rng.uniform(self.min_duration, self.max_duration) * self.sample_rate)
+
     def _generate(self, utt_id: str) -> np.ndarray:
         group, s, u = self._locate(utt_id)
         voice = draw_voice(np.random.default_rng([self.seed, group, s]))
-        rng = np.random.default_rng([self.seed, group, s, 1 + u])
+        rng = np.random.default_rng(self._utterance_seed(utt_id))
         sr = self.sample_rate
-        n = int(rng.uniform(self.min_duration, self.max_duration) * sr)
+        n = self._length(rng)
         speech = render(plan_utterance(rng, n, voice, sr), voice, sr, rng)[:n]
         # Background noise: white through a random one-pole low-pass (white … brown-ish colour).
         pole = rng.uniform(0.0, 0.98)

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ecapa_jax.cli import command
+from ecapa_jax.cli import ArgumentParser, command
 
 
 def free_port() -> int:
@@ -75,7 +75,7 @@ def start(
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.launch", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m train.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", "--processes", type=int, default=2)
     p.add_argument("--devices-per-process", type=int, default=None, help="forced CPU devices in each process")
     p.add_argument("--logs", default=None, help="one log file per process in this directory")

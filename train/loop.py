@@ -29,7 +29,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ecapa_jax.cli import INPUT_ERRORS
 from ecapa_jax.io.checkpoint import load_model_dir
@@ -104,33 +103,22 @@ def initial_model(config: TrainConfig, num_classes: int) -> tuple[dict | None, i
     return init.variables, num_classes
 
 
-@dataclasses.dataclass(frozen=True)
 class Trainer:
-    """The train step compiled for the ``('data',)`` mesh of every device, and the state it starts from.
+    """The train step for the ``('data',)`` mesh of every device, and the state it starts from.
+
+    The step is compiled before the first batch goes in, then the processes of a multi-process run meet
+    (`train.distributed.barrier`): Gloo gives a process 30 s to find its peers in its first collective, and
+    compiling can take longer than that, or be a cache hit on process 0 and not on the others.
 
     Attributes:
       mesh: all devices of all processes.
       initial_state: the fresh state (``model_init`` applied), replicated on the mesh.
-      step_fn: ``(state, global batch, rng) -> (state, metrics)``, compiled, the state donated.
+      device_keys: the batch entries the step takes (`train.data.Loader.device_keys`).
       rng: the step key, replicated.
-      gather: makes the sharded batch indices readable on every process (for the data checksum).
       all_finite: whether a pytree holds only finite values (one replicated bool).
     """
 
-    mesh: Mesh
-    initial_state: TrainState
-    step_fn: Callable
-    rng: jax.Array
-    gather: Callable
-    all_finite: Callable
-
-    @classmethod
-    def build(cls, config: TrainConfig, num_classes: int, epoch_iter: int, chunk_len: int, init: dict | None):
-        """Builds the model, head and optimiser of ``config``, initialises the state and compiles the step.
-
-        The step is compiled ahead of time and then the processes of a multi-process run meet
-        (`train.distributed.barrier`), so that none enters the step's collectives long before another.
-        """
+    def __init__(self, config: TrainConfig, loader: Loader, num_classes: int, epoch_iter: int, init: dict | None):
         model, head = build_model(config.model), make_head(config.head_config(num_classes))
         lr, margin = schedules(config, epoch_iter)
         opt = config.optimizer_args
@@ -149,32 +137,30 @@ class Trainer:
             scale=config.head_config(1).scale,
             frontend=config.frontend.with_dither(config.dither),
             spec_augment=spec_aug,
+            augment=loader.device_augment,
         )
-        mesh = data_mesh()
+        self.mesh = data_mesh()
+        self.device_keys = loader.device_keys
         init_key, step_key = jax.random.split(jax.random.key(config.seed))
         # One compiled program rather than the model's init op by op (much faster, and cached across runs).
-        init_fn = functools.partial(init_state, model, head, tx, num_samples=chunk_len, frontend=config.frontend)
+        init_fn = functools.partial(init_state, model, head, tx, num_samples=loader.chunk_len, frontend=config.frontend)
         state = jax.jit(init_fn)(init_key)
-        state = replicate(state if init is None else _with_init(state, init, tx), mesh)
-        rng = replicate(step_key, mesh)
-        rows = NamedSharding(mesh, PartitionSpec("data"))
-        g = config.data.global_batch_size
-        batch = {
-            "wav": jax.ShapeDtypeStruct((g, chunk_len), jnp.float32, sharding=rows),
-            "label": jax.ShapeDtypeStruct((g,), jnp.int32, sharding=rows),
-        }
-        step_fn = jit_train_step(train_step, mesh).lower(state, batch, rng).compile()
-        gather_fn = gather(mesh).lower(batch["label"]).compile()
+        self.initial_state = replicate(state if init is None else _with_init(state, init, tx), self.mesh)
+        self.rng = replicate(step_key, self.mesh)
         finite = lambda tree: jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))  # noqa: E731
-        barrier("step-compiled")
-        return cls(mesh, state, step_fn, rng, gather_fn, jax.jit(finite))
+        self.all_finite = jax.jit(finite)
+        self._jitted, self._gather = jit_train_step(train_step, self.mesh), gather(self.mesh)
+        self._step = None
 
     def __call__(self, state: TrainState, batch: dict) -> tuple[TrainState, dict, jax.Array]:
         """One step on this process's slice of the global batch: ``(state, metrics, global batch indices)``."""
-        arrays = shard_batch({k: batch[k] for k in ("wav", "label", "index")}, self.mesh)
+        arrays = shard_batch({k: batch[k] for k in (*self.device_keys, "index")}, self.mesh)
         index = arrays.pop("index")
-        state, metrics = self.step_fn(state, arrays, self.rng)
-        return state, metrics, self.gather(index)
+        if self._step is None:
+            self._step = self._jitted.lower(state, arrays, self.rng).compile()
+            barrier("step-compiled")
+        state, metrics = self._step(state, arrays, self.rng)
+        return state, metrics, self._gather(index)
 
 
 def _with_init(state: TrainState, init: dict, tx) -> TrainState:
@@ -272,7 +258,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, force_co
         lock = on_lead("open-workdir", lambda: open_workdir(workdir, config, force_config))
         if lock is not None:
             stack.callback(lock.release)
-        trainer = Trainer.build(config, num_classes, epoch_iter, loader.chunk_len, init)
+        trainer = Trainer(config, loader, num_classes, epoch_iter, init)
         checkpoints = Checkpoints(workdir / CHECKPOINT_DIR, config.keep_checkpoints)
         stack.push(_closing(checkpoints.close))
         state, start = restore_or_init(trainer, checkpoints, loader, workdir)

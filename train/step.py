@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ecapa_jax.training.heads import accuracy
 from ecapa_jax.training.schedules import Schedule
+from train.augment import to_float
 
 Array = jax.Array
 
@@ -70,6 +71,7 @@ def make_train_step(
     scale: float,
     frontend,
     spec_augment: Callable[[Array, Array], Array] | None = None,
+    augment: Callable[[dict, Array], tuple[Array, Array]] | None = None,
 ) -> Callable[[TrainState, dict, Array], tuple[TrainState, dict]]:
     """``train_step(state, batch, rng) -> (state, metrics)``, pure; jit it with ``jit_train_step``.
 
@@ -80,19 +82,26 @@ def make_train_step(
       scale: the head's logit scale.
       frontend: waveforms → features (``ecapa_jax.frontend``), with the training dither (WeSpeaker: 1.0).
       spec_augment: optional ``(feats (B, T, F), key) -> feats``.
+      augment: optional ``(batch, key) -> (wav (B, L) float32, label (B,))``, the waveform augmentation
+        (`train.augment.DeviceAugment`, from ``Loader.device_augment``): speed, reverb/noise, peak
+        normalisation and the speed's label mapping, before the front-end.
 
-    The batch is ``{'wav': (B, L) float32 in [−1, 1], 'label': (B,) int32}``. Metrics are scalars:
-    loss, accuracy, lr, margin, grad_norm.
+    The batch is ``{'wav': (B, L) float32 in [−1, 1] or int16 PCM, 'label': (B,) int32}`` plus, with
+    ``augment``, what it takes (``Loader.device_keys``). Metrics are scalars: loss, accuracy, lr, margin,
+    grad_norm.
     """
 
     def train_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(rng, state.step)
         k_dither, k_spec = jax.random.split(rng)
-        feats, _ = frontend(batch["wav"], key=k_dither)  # (B, T, F)
+        if augment is not None:  # its own stream: dither and SpecAugment draw as they did without it
+            wav, labels = augment(batch, jax.random.fold_in(rng, 1))  # (B, L), (B,)
+        else:
+            wav, labels = to_float(batch["wav"]), batch["label"]
+        feats, _ = frontend(wav, key=k_dither)  # (B, T, F)
         if spec_augment is not None:
             feats = spec_augment(feats, k_spec)
         m = margin(state.step)
-        labels = batch["label"]
 
         def loss_fn(params):
             (emb, _), model_stats = model.apply(

@@ -12,7 +12,6 @@ checkpoint's ``params``/``batch_stats`` are already in the model directory's var
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ecapa_jax.cli import EXIT_OK, command
+from ecapa_jax.cli import EXIT_OK, ArgumentParser, command
 from ecapa_jax.io.checkpoint import CheckpointManager, save_model_dir
 from ecapa_jax.io.convert.wespeaker import dir_to_wespeaker
 from ecapa_jax.io.files import read_json
@@ -123,7 +122,7 @@ def write_demo_eval(config: TrainConfig, out: str | Path, overwrite: bool = Fals
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.tools", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m train.tools", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     avg = sub.add_parser("average", help="average the newest N checkpoints into a model directory")
     avg.add_argument("workdir")

@@ -1,7 +1,8 @@
 """Front-ends: audio files → waveforms → features, the first stage of the pipeline.
 
     audio.py   load_audio (any libsndfile format → mono float32 at the wanted rate), resample
-    kaldi.py   Kaldi-exact fbank + CMN in jnp (WeSpeaker's front-end): FbankConfig, fbank, cmn, KaldiFrontEnd
+    kaldi.py   Kaldi-exact fbank + CMN in jnp (WeSpeaker's and 3D-Speaker's): FbankConfig, fbank, cmn, KaldiFrontEnd
+    speechbrain.py   SpeechBrain's Fbank + sentence mean normalisation in jnp: SpeechBrainFbank
 
 A front-end object is a frozen config that is also the function: ``frontend(waveforms (B, N), lengths (B,),
 key=...) -> (feats (B, T, F), frames (B,))``, with ``sample_rate``, ``feature_dim``, ``min_samples``,
@@ -16,8 +17,9 @@ from typing import Any
 
 from ecapa_jax.config import from_tagged_dict, to_tagged_dict
 from ecapa_jax.frontend.kaldi import KaldiFrontEnd
+from ecapa_jax.frontend.speechbrain import SpeechBrainFbank
 
-FRONTENDS: dict[str, type] = {"kaldi": KaldiFrontEnd}
+FRONTENDS: dict[str, type] = {"kaldi": KaldiFrontEnd, "speechbrain": SpeechBrainFbank}
 
 
 def frontend_to_dict(frontend: Any) -> dict[str, Any]:

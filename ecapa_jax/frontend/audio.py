@@ -12,6 +12,7 @@ catch it, report the utterance and go on.
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -45,38 +46,47 @@ def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(np.asarray(x, np.float32), orig_sr, target_sr, quality="HQ")
 
 
-def load_audio(path: str | os.PathLike, target_sr: int = 16000, min_samples: int = MIN_SAMPLES) -> np.ndarray:
-    """Reads an audio file as a mono float32 signal at ``target_sr``.
+def load_audio(
+    source: str | os.PathLike | BinaryIO,
+    target_sr: int = 16000,
+    min_samples: int = MIN_SAMPLES,
+    name: str | None = None,
+) -> np.ndarray:
+    """Reads an audio file (or file-like object) as a mono float32 signal at ``target_sr``.
 
     Formats are those of libsndfile (WAV, FLAC, OGG/Vorbis, MP3 from libsndfile 1.1 on, ...).
 
     Args:
-      path: the audio file.
+      source: the audio file, or a binary file-like object holding one (e.g. ``io.BytesIO`` of a tar
+        member).
       target_sr: output sample rate in Hz.
       min_samples: the fewest samples accepted after resampling (default: one 25 ms frame at
         16 kHz, the shortest input fbank accepts).
+      name: what error messages call the audio (default: the path, or the object's ``name``).
 
     Returns:
       (N,) float32, channels averaged, resampled to ``target_sr``.
 
     Raises:
-      AudioError: missing or unreadable file, 0 samples, NaN/inf samples, or fewer than
-        ``min_samples`` samples after resampling.
+      AudioError: missing or unreadable audio, 0 samples, NaN/inf samples, or fewer than
+        ``min_samples`` samples after resampling; the message starts with ``name``.
     """
-    if not os.path.isfile(path):
-        raise AudioError(f"{path}: no such audio file")
+    is_path = isinstance(source, (str, os.PathLike))
+    name = name or (os.fspath(source) if is_path else getattr(source, "name", "<audio>"))
+    if is_path and not os.path.isfile(source):
+        raise AudioError(f"{name}: no such audio file")
     try:
-        x, sr = sf.read(path, dtype="float32", always_2d=True)  # (N, channels)
-    except (sf.LibsndfileError, TypeError) as e:  # TypeError: headerless RAW (no sample rate)
-        raise AudioError(f"{path}: not a readable audio file ({e})") from e
+        x, sr = sf.read(source, dtype="float32", always_2d=True)  # (N, channels)
+    except (sf.LibsndfileError, TypeError, RuntimeError) as e:  # TypeError: headerless RAW (no sample rate)
+        raise AudioError(f"{name}: not a readable audio file ({e})") from e
     if x.shape[0] == 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
+        raise AudioError(f"{name}: empty audio (0 samples)")
     if not np.all(np.isfinite(x)):
-        raise AudioError(f"{path}: {np.count_nonzero(~np.isfinite(x))} sample(s) are NaN or infinite")
+        raise AudioError(f"{name}: {np.count_nonzero(~np.isfinite(x))} sample(s) are NaN or infinite")
     x = resample(x.mean(axis=1), sr, target_sr)  # (N,)
     if x.shape[0] < min_samples:
         raise AudioError(
-            f"{path}: too short, {x.shape[0]} samples at {target_sr} Hz after resampling from {sr} Hz "
+            f"{name}: too short, {x.shape[0]} samples at {target_sr} Hz after resampling from {sr} Hz "
             f"(need at least {min_samples})"
         )
     return x

@@ -127,6 +127,13 @@ class FbankConfig:
             waveform_scale=32768.0,
         )
 
+    @classmethod
+    def speakerlab(cls, sample_rate: int = 16000, num_mel_bins: int = 80) -> FbankConfig:
+        """3D-Speaker's ``FBank`` (``speakerlab.process.processor``): ``kaldi.fbank`` with its defaults
+        (povey window, dither 0) and 80 bins, on the waveform in [−1, 1] as ``torchaudio.load`` gives it
+        (no × 32768); its inference then subtracts the mean over frames (``mean_nor=True``)."""
+        return cls(num_mel_bins=num_mel_bins, sample_frequency=float(sample_rate))
+
     def __post_init__(self):
         if self.window_type not in WINDOW_TYPES:
             raise ValueError(f"window_type {self.window_type!r} is not one of {WINDOW_TYPES}")

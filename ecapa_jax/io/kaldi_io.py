@@ -142,6 +142,20 @@ def read_wav_scp(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
+def read_utt2spk(path: str | os.PathLike) -> dict[str, str]:
+    """Reads a Kaldi ``utt2spk`` (``utt spk`` per line) into ``{utt: spk}``.
+
+    Raises:
+      KaldiIOError: naming the file and line, for a line that is not two fields or a repeated utterance.
+    """
+    out = {}
+    for lineno, key, value in _read_table(path):
+        if len(value.split()) != 1:
+            raise KaldiIOError(f"{path}:{lineno}: expected 'utt spk', got '{key} {value.strip()}'")
+        out[key] = value.strip()
+    return out
+
+
 def _read_table(path: str | os.PathLike) -> Iterator[tuple[int, str, str]]:
     """(line number, key, rest of line) for each non-blank line of a Kaldi table (``scp``)."""
     seen = set()

@@ -24,7 +24,7 @@ import struct
 import sys
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import ml_dtypes
@@ -194,10 +194,37 @@ def _read_with_torch(path: Path) -> object:
     return to_numpy(obj)
 
 
-def _as_state_dict(obj: object, path: Path) -> dict[str, np.ndarray]:
-    """Unwraps ``{'state_dict': sd}`` and DDP's ``module.`` prefix; checks every value is a tensor."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+
+
+def _as_state_dict(
+    obj: object,
+    path: Path,
+    key: str | None = None,
+    pick: Callable[[Mapping], bool] | None = None,
+    describe: Callable[[Mapping], str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Unwraps ``{'state_dict': sd}``, ``obj[key]`` or the one nested state_dict ``pick`` accepts, and DDP's
+    ``module.`` prefix; checks every value is a tensor."""
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            entries = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
+            raise ValueError(f"{path} has no entry {key!r}; its top-level entries: {entries}")
+        obj = obj[key]
+    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
+    elif isinstance(obj, Mapping) and not _is_state_dict(obj):
+        nested = {k: v for k, v in obj.items() if _is_state_dict(v) and v}
+        chosen = [k for k, v in nested.items() if pick is not None and pick(v)]
+        if len(chosen) == 1:
+            obj = nested[chosen[0]]
+        elif nested:
+            found = ", ".join(
+                f"{k} ({len(v)} tensors{': ' + describe(v) if describe is not None and describe(v) else ''})"
+                for k, v in nested.items()
+            )
+            raise ValueError(f"{path} holds several state_dicts: {found}; choose one with key= (--key NAME)")
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict")
     bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, np.ndarray))]
@@ -208,7 +235,27 @@ def _as_state_dict(obj: object, path: Path) -> dict[str, np.ndarray]:
     return dict(obj)
 
 
-def load_state_dict(path: str | os.PathLike, *, use_torch: bool = False) -> dict[str, np.ndarray]:
+def load_checkpoint(path: str | os.PathLike, *, use_torch: bool = False) -> object:
+    """The object a ``torch.save`` file holds, tensors as NumPy arrays (dicts, lists, numbers as pickled).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: see ``load_state_dict``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    return _read_with_torch(path) if use_torch else _read_zip(path)
+
+
+def load_state_dict(
+    path: str | os.PathLike,
+    *,
+    use_torch: bool = False,
+    key: str | None = None,
+    pick: Callable[[Mapping], bool] | None = None,
+    describe: Callable[[Mapping], str] | None = None,
+) -> dict[str, np.ndarray]:
     """Reads a PyTorch state_dict checkpoint into NumPy arrays.
 
     Accepts a plain state_dict, a ``{'state_dict': ...}`` wrapper and keys prefixed with ``module.``
@@ -218,6 +265,10 @@ def load_state_dict(path: str | os.PathLike, *, use_torch: bool = False) -> dict
       path: a ``.pt`` file written by ``torch.save`` (zip format, torch ≥ 1.6).
       use_torch: read with ``torch.load(weights_only=True, map_location='cpu')`` instead of the torch-free
         reader (needs torch; also reads the legacy format). Both give identical arrays.
+      key: the top-level entry that holds the state_dict (e.g. ``'ecapa_state_dict'``).
+      pick: for a file holding several state_dicts and no ``key``: the one this predicate accepts, when
+        exactly one is.
+      describe: names what each state_dict is in the error listing them.
 
     Returns:
       ``{key: array}`` in the file's order.
@@ -225,13 +276,10 @@ def load_state_dict(path: str | os.PathLike, *, use_torch: bool = False) -> dict
     Raises:
       FileNotFoundError: no such file.
       ValueError: truncated/corrupt/legacy files, a pickle referencing anything but tensors (named in
-        the message), or an object that is not a state_dict.
+        the message), an object that is not a state_dict, or several state_dicts to choose from (listed).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
-    obj = _read_with_torch(path) if use_torch else _read_zip(path)
-    return _as_state_dict(obj, path)
+    return _as_state_dict(load_checkpoint(path, use_torch=use_torch), path, key, pick, describe)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -343,4 +391,4 @@ def save_state_dict(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]) 
         raise
 
 
-__all__ = ["STORAGE_DTYPES", "load_state_dict", "save_state_dict"]
+__all__ = ["STORAGE_DTYPES", "load_checkpoint", "load_state_dict", "save_state_dict"]

@@ -8,7 +8,8 @@ entry below (and a converter in ``ecapa_jax.io.convert`` for checkpoints from el
 
     layers.py    BatchNorm with PyTorch's semantics, Conv1d (shared by the families)
     pooling.py   the temporal pooling family (TAP ... MQMHASTP, SAP)
-    ecapa.py     ECAPA-TDNN (WeSpeaker's), its blocks and presets
+    ecapa.py     ECAPA-TDNN (WeSpeaker's and SpeechBrain's), its blocks and presets
+    campplus.py  CAM++ (3D-Speaker's and WeSpeaker's), channels-last
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 import flax.linen as nn
 
 from ecapa_jax.config import from_tagged_dict, to_tagged_dict
+from ecapa_jax.models.campplus import CamPPConfig, CAMPPlus
 from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
 
 FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
     "ecapa": (EcapaConfig, ECAPA_TDNN),
+    "campplus": (CamPPConfig, CAMPPlus),
 }
 _CONFIGS = {name: config for name, (config, _) in FAMILIES.items()}
 

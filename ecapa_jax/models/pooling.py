@@ -32,10 +32,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ecapa_jax.models.layers import BatchNorm
 from ecapa_jax.stats import STD_EPS, stat_dtype, temporal_mean, temporal_std
 
 Array = jnp.ndarray
 Dtype = Any
+
+SPEECHBRAIN_STD_EPS = 1e-12  # SpeechBrain's AttentiveStatisticsPooling.eps (a clamp of the variance)
+ASTP_VARIANTS = ("wespeaker", "speechbrain")
 
 # ----------------------------------------------------------------------------- pure statistics
 
@@ -48,23 +52,29 @@ def attention_weights(scores: Array, mask: Array | None = None) -> Array:
     return nn.softmax(scores, axis=1)
 
 
-def attentive_statistics(x: Array, alpha: Array, eps: float = STD_EPS) -> Array:
+def attentive_statistics(x: Array, alpha: Array, eps: float = STD_EPS, centered: bool = False) -> Array:
     """Attention-weighted mean and standard deviation (Okabe et al., arXiv:1803.10963).
 
-    mu = Σ_t α_t x_t,  sigma = sqrt(max(Σ_t α_t x_t² − mu², eps)). The variance is the biased,
-    weighted E[x²] − E[x]² form that WeSpeaker uses, clamped (not offset) by ``eps``.
+    mu = Σ_t α_t x_t,  sigma = sqrt(max(Σ_t α_t x_t² − mu², eps)): the biased, weighted E[x²] − E[x]² form
+    that WeSpeaker uses, clamped (not offset) by ``eps``. With ``centered``, sigma = sqrt(max(Σ_t α_t
+    (x_t − mu)², eps)) as SpeechBrain writes it (equal in exact arithmetic; it does not cancel when
+    |mu| ≫ sigma).
 
     Args:
       x: (B, T, C).
       alpha: (B, T, C) or (B, T, 1) weights summing to one over T (zero on padded frames).
-      eps: lower clamp of the variance.
+      eps: lower clamp of the variance (WeSpeaker 1e-7, SpeechBrain 1e-12).
+      centered: SpeechBrain's centred form of the variance.
 
     Returns:
       (B, 2C) in ``stat_dtype``: [mu, sigma].
     """
     x = x.astype(stat_dtype(x.dtype))
     mean = jnp.sum(alpha * x, axis=1)  # (B, C)
-    var = jnp.sum(alpha * jnp.square(x), axis=1) - jnp.square(mean)
+    if centered:
+        var = jnp.sum(alpha * jnp.square(x - mean[:, None, :]), axis=1)
+    else:
+        var = jnp.sum(alpha * jnp.square(x), axis=1) - jnp.square(mean)
     return jnp.concatenate([mean, jnp.sqrt(jnp.maximum(var, eps))], axis=-1)
 
 
@@ -115,7 +125,8 @@ class TAP(nn.Module):
     """Temporal average pooling. (B, T, C) → (B, C)."""
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         return temporal_mean(x, mask)
 
     def out_dim(self, in_dim: int) -> int:
@@ -126,7 +137,8 @@ class TSDP(nn.Module):
     """Temporal standard-deviation pooling. (B, T, C) → (B, C)."""
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         return temporal_std(x, mask)
 
     def out_dim(self, in_dim: int) -> int:
@@ -137,7 +149,8 @@ class TSTP(nn.Module):
     """Temporal statistics pooling, [mean, std] as in the x-vector. (B, T, C) → (B, 2C)."""
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         return jnp.concatenate([temporal_mean(x, mask), temporal_std(x, mask)], axis=-1)
 
     def out_dim(self, in_dim: int) -> int:
@@ -148,26 +161,46 @@ class ASTP(nn.Module):
     """Attentive statistics pooling (Desplanques et al., arXiv:2005.07143), channel-wise attention.
 
     α = softmax_t(linear2(tanh(linear1(x_in)))), where x_in is x or, with ``global_context_att``,
-    [x, mean_t x, std_t x] broadcast over time (the std with the unbiased variance + 1e-7; computed
-    without materialising the (B, T, 3C) concatenation, see ``_GlobalContextConv1x1``).
-    The statistics are always taken of x itself. No ReLU/BN in the attention, as in WeSpeaker.
+    [x, mean_t x, std_t x] broadcast over time (computed without materialising the (B, T, 3C)
+    concatenation, see ``_GlobalContextConv1x1``). The statistics are always taken of x itself.
+
+    ``variant`` selects whose numerics:
+
+    - ``'wespeaker'``: no ReLU/BN in the attention; the context std uses the unbiased variance + 1e-7;
+      the pooled std is sqrt(max(E_α[x²] − E_α[x]², 1e-7)).
+    - ``'speechbrain'`` (``AttentiveStatisticsPooling``): linear1 is a TDNN block, linear1 → ReLU → BN
+      (leaf ``bn``) before the tanh; the context mean/std are the uniform-weight case of the pooled
+      statistics; every std is the centred, biased sqrt(max(Σ α (x − mu)², 1e-12)).
+
     (B, T, C) → (B, 2C).
     """
 
     bottleneck_dim: int = 128
     global_context_att: bool = False
     dtype: Dtype = jnp.float32
+    variant: str = "wespeaker"
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        if self.variant not in ASTP_VARIANTS:
+            raise ValueError(f"ASTP variant {self.variant!r} is not one of {ASTP_VARIANTS}")
+        speechbrain = self.variant == "speechbrain"
+        eps = SPEECHBRAIN_STD_EPS if speechbrain else STD_EPS
         channels = x.shape[-1]
         if self.global_context_att:
-            context = jnp.concatenate([temporal_mean(x, mask), temporal_std(x, mask)], axis=-1)  # (B, 2C)
+            if speechbrain:
+                m = jnp.ones(x.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)  # (B, T)
+                uniform = (m / jnp.sum(m, axis=1, keepdims=True))[..., None]  # (B, T, 1)
+                context = attentive_statistics(x, uniform, eps, centered=True)  # (B, 2C)
+            else:
+                context = jnp.concatenate([temporal_mean(x, mask), temporal_std(x, mask)], axis=-1)  # (B, 2C)
             h = _GlobalContextConv1x1(self.bottleneck_dim, self.dtype, name="linear1")(x, context)
         else:
             h = _conv1x1(self.bottleneck_dim, self.dtype, "linear1")(x)  # (B, T, bottleneck)
+        if speechbrain:
+            h = BatchNorm(dtype=self.dtype, name="bn")(nn.relu(h), train=train, mask=mask)
         scores = _conv1x1(channels, self.dtype, "linear2")(jnp.tanh(h))  # (B, T, C)
-        return attentive_statistics(x, attention_weights(scores, mask))
+        return attentive_statistics(x, attention_weights(scores, mask), eps, centered=speechbrain)
 
     def out_dim(self, in_dim: int) -> int:
         return 2 * in_dim
@@ -189,7 +222,8 @@ class MHASTP(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         channels = x.shape[-1]
         if channels % self.head_num:
             raise ValueError(f"MHASTP input channels {channels} are not divisible by head_num {self.head_num}")
@@ -220,7 +254,8 @@ class MQMHASTP(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         queries = [
             MHASTP(self.layer_num, self.head_num, self.d_s, self.bottleneck_dim, self.dtype, name=f"n_query_{q}")(
                 x, mask
@@ -245,7 +280,8 @@ class SAP(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        del train  # no batch statistics
         h = jnp.tanh(_conv1x1(self.bottleneck_dim, self.dtype, "linear")(x))  # (B, T, bottleneck)
         u = self.param("attention", nn.initializers.normal(stddev=0.1), (self.bottleneck_dim,), jnp.float32)
         w = attention_weights(h.astype(stat_dtype(h.dtype)) @ u[:, None], mask)  # (B, T, 1)
@@ -266,17 +302,26 @@ POOLINGS: dict[str, type[nn.Module]] = {
 }
 
 
-def make_pooling(kind: str, *, global_context_att: bool = False, dtype: Dtype = jnp.float32, **kwargs) -> nn.Module:
+def make_pooling(
+    kind: str,
+    *,
+    global_context_att: bool = False,
+    dtype: Dtype = jnp.float32,
+    variant: str = "wespeaker",
+    bottleneck_dim: int = 128,
+    **kwargs,
+) -> nn.Module:
     """The pooling ``kind`` (a key of ``POOLINGS``) with WeSpeaker's defaults, as ECAPA builds it.
 
-    ``global_context_att`` only affects ASTP (WeSpeaker's other poolings ignore it too). Other
-    keyword arguments (``name``, hyper-parameters) go to the module.
+    ``global_context_att``, ``variant`` and ``bottleneck_dim`` only affect ASTP (WeSpeaker's other poolings
+    ignore the first too). Other keyword arguments (``name``, hyper-parameters) go to the module. Every
+    pooling is called as ``pool(x (B, T, C), mask (B, T) or None, train=...)``.
     """
     if kind not in POOLINGS:
         raise ValueError(f"unknown pooling {kind!r}; expected one of {sorted(POOLINGS)}")
     cls = POOLINGS[kind]
     if cls is ASTP:
-        kwargs["global_context_att"] = global_context_att
+        kwargs |= {"global_context_att": global_context_att, "variant": variant, "bottleneck_dim": bottleneck_dim}
     if cls in (ASTP, MHASTP, MQMHASTP, SAP):
         kwargs["dtype"] = dtype
     return cls(**kwargs)

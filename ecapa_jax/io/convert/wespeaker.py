@@ -2,88 +2,71 @@
 
 The Flax module paths are WeSpeaker's state_dict prefixes with list indices merged by ``_``
 (``layer2.se_res2block.1.convs.3`` ↔ ``layer2/se_res2block_1/convs_3``), so the conversion is this rule
-plus a leaf table:
+plus the leaf table of ``ecapa_jax.io.convert.common``.
 
-=============================  ===========================================  ==========================
-torch leaf                     flax leaf                                    value
-=============================  ===========================================  ==========================
-``weight`` of a Conv1d/Linear  params ``kernel``                            axes reversed: (O, I, K) →
-                                                                            (K, I, O), (O, I) → (I, O)
-``weight`` of a BatchNorm      params ``scale``                             as is
-``bias``                       params ``bias``                              as is
-``running_mean``/``_var``      batch_stats ``mean``/``var``                 as is
-``num_batches_tracked``        batch_stats ``num_batches_tracked``          int32 (int64 in torch)
-other (``pool.attention``)     params, same name                            as is
-=============================  ===========================================  ==========================
-
-A BatchNorm ``weight`` is told apart by its sibling ``running_mean``. The expected keys come from
-``wespeaker_keys`` (WeSpeaker's registration order) and the expected shapes from the Flax template
-(``jax.eval_shape`` of ``init``), so every key lands on exactly one template leaf of the right shape.
+The expected keys come from ``wespeaker_keys`` (WeSpeaker's registration order) and the expected shapes
+from the Flax template, so every key lands on exactly one template leaf of the right shape.
 
 ``projection.*`` keys (the training head WeSpeaker saves with the model, e.g. ``projection.weight``
 (17982, 192) for VoxCeleb2) go to a separate ``projection`` pytree of Flax variables by the same rule,
 except that the margin heads' own 2-D ``weight`` (N, E) stays ``weight``, stored (E, N) as the heads in
-``ecapa_jax.training.heads`` use it.
+``ecapa_jax.training.heads`` use it. ``split_projection`` / ``convert_projection`` / ``projection_to_torch``
+do this for any family's WeSpeaker checkpoint (CAM++ too).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd
 from ecapa_jax.io.checkpoint import join_variables, load_model_dir, save_model_dir
-from ecapa_jax.io.torchzip import load_state_dict, save_state_dict
-from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
+from ecapa_jax.io.convert.common import (
+    AFFINE,
+    BN_LEAVES,
+    Location,
+    check_leaves,
+    convert_keys,
+    flax_location,
+    listing,
+    load_source,
+    module_keys,
+    not_this_format,
+    template,
+    to_torch,
+    torch_shape,
+)
+from ecapa_jax.io.torchzip import save_state_dict
+from ecapa_jax.models.ecapa import EcapaConfig
 from ecapa_jax.models.pooling import POOLINGS
-
-Location = tuple[str, ...]  # (collection, *module path, leaf)
-
-_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-_AFFINE = ("weight", "bias")
-_LEAVES = {  # torch leaf → (collection, flax leaf), ``weight`` aside
-    "bias": ("params", "bias"),
-    "running_mean": ("batch_stats", "mean"),
-    "running_var": ("batch_stats", "var"),
-    "num_batches_tracked": ("batch_stats", "num_batches_tracked"),
-}
-_MAX_LISTED = 12  # keys named in an error message before "... and N more"
-
 
 # ----------------------------------------------------------------------------- keys and locations
 
 
-def _module(prefix: str, leaves: Sequence[str]) -> list[str]:
-    return [f"{prefix}.{leaf}" for leaf in leaves]
-
-
 def _pooling_keys(config: EcapaConfig) -> list[str]:
     """``pool.*`` keys of WeSpeaker's pooling layers with their default hyper-parameters."""
-    mhastp = [f"heads_att_trans.{h}.att_{i}.{leaf}" for h in range(2) for i in range(2) for leaf in _AFFINE]
+    mhastp = [f"heads_att_trans.{h}.att_{i}.{leaf}" for h in range(2) for i in range(2) for leaf in AFFINE]
     return {
         "TAP": [],
         "TSDP": [],
         "TSTP": [],
-        "ASTP": _module("pool.linear1", _AFFINE) + _module("pool.linear2", _AFFINE),
+        "ASTP": module_keys("pool.linear1", AFFINE) + module_keys("pool.linear2", AFFINE),
         "MHASTP": [f"pool.{k}" for k in mhastp],
         "MQMHASTP": [
             f"pool.n_query.{q}.heads_att_trans.{h}.att_{i}.{leaf}"
             for q in range(2)
             for h in range(8)
             for i in range(2)
-            for leaf in _AFFINE
+            for leaf in AFFINE
         ],
         # Ours (WeSpeaker has no SAP for ECAPA): a module's own parameters precede its children's.
-        "SAP": ["pool.attention"] + _module("pool.linear", _AFFINE),
+        "SAP": ["pool.attention"] + module_keys("pool.linear", AFFINE),
     }[config.pooling]
 
 
@@ -96,63 +79,20 @@ def wespeaker_keys(config: EcapaConfig) -> list[str]:
     Returns:
       Keys such as ``layer2.se_res2block.1.convs.3.weight``; no ``projection.*`` keys.
     """
-    keys = _module("layer1.conv", _AFFINE) + _module("layer1.bn", _BN)
+    keys = module_keys("layer1.conv", AFFINE) + module_keys("layer1.bn", BN_LEAVES)
     nums = max(config.scale - 1, 1)  # Res2: scale − 1 convs (the last chunk passes through)
     for layer in ("layer2", "layer3", "layer4"):
         block = f"{layer}.se_res2block"
-        keys += _module(f"{block}.0.conv", _AFFINE) + _module(f"{block}.0.bn", _BN)
-        keys += [k for i in range(nums) for k in _module(f"{block}.1.convs.{i}", _AFFINE)]
-        keys += [k for i in range(nums) for k in _module(f"{block}.1.bns.{i}", _BN)]
-        keys += _module(f"{block}.2.conv", _AFFINE) + _module(f"{block}.2.bn", _BN)
-        keys += _module(f"{block}.3.linear1", _AFFINE) + _module(f"{block}.3.linear2", _AFFINE)
-    keys += _module("conv", _AFFINE) + _pooling_keys(config) + _module("bn", _BN) + _module("linear", _AFFINE)
+        keys += module_keys(f"{block}.0.conv", AFFINE) + module_keys(f"{block}.0.bn", BN_LEAVES)
+        keys += [k for i in range(nums) for k in module_keys(f"{block}.1.convs.{i}", AFFINE)]
+        keys += [k for i in range(nums) for k in module_keys(f"{block}.1.bns.{i}", BN_LEAVES)]
+        keys += module_keys(f"{block}.2.conv", AFFINE) + module_keys(f"{block}.2.bn", BN_LEAVES)
+        keys += module_keys(f"{block}.3.linear1", AFFINE) + module_keys(f"{block}.3.linear2", AFFINE)
+    keys += module_keys("conv", AFFINE) + _pooling_keys(config)
+    keys += module_keys("bn", BN_LEAVES) + module_keys("linear", AFFINE)
     if config.emb_bn:
-        keys += _module("bn2", _BN)
+        keys += module_keys("bn2", BN_LEAVES)
     return keys
-
-
-def flax_location(key: str, keys: Sequence[str] | set[str]) -> Location:
-    """Where the torch ``key`` lives in Flax variables: ``(collection, *module path, leaf)``.
-
-    List indices merge into the preceding name (``convs.3`` → ``convs_3``); the leaf follows the table
-    in the module docstring. ``keys`` is the full key set, used to tell BatchNorm weights (which have a
-    ``running_mean`` sibling) from Conv/Linear weights.
-    """
-    *modules, leaf = key.split(".")
-    path: list[str] = []
-    for part in modules:
-        if part.isdigit() and path:
-            path[-1] = f"{path[-1]}_{part}"
-        else:
-            path.append(part)
-    if leaf == "weight":
-        is_bn = ".".join([*modules, "running_mean"]) in keys
-        return ("params", *path, "scale" if is_bn else "kernel")
-    collection, name = _LEAVES.get(leaf, ("params", leaf))
-    return (collection, *path, name)
-
-
-def _reverse_axes(x: np.ndarray) -> np.ndarray:
-    """Conv1d (O, I, K) ↔ Flax (K, I, O) and Linear (O, I) ↔ Dense (I, O); other ranks unchanged."""
-    return x.transpose(tuple(reversed(range(x.ndim)))) if x.ndim >= 2 else x
-
-
-def _torch_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    return tuple(reversed(shape)) if len(shape) >= 2 else tuple(shape)
-
-
-def _listing(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
-
-
-@functools.lru_cache(maxsize=16)
-def _template(config: EcapaConfig) -> dict[Location, jax.ShapeDtypeStruct]:
-    """Flat ``{location: ShapeDtypeStruct}`` of ``ECAPA_TDNN(config)``'s variables, without computing them."""
-    shapes = jax.eval_shape(
-        lambda: ECAPA_TDNN(config).init(jax.random.key(0), jnp.zeros((1, 8, config.feat_dim), jnp.float32))
-    )
-    return traverse_util.flatten_dict(shapes)
 
 
 # ----------------------------------------------------------------------------- architecture detection
@@ -200,12 +140,15 @@ def detect_config(state_dict: Mapping[str, Any], pooling: str | None = None) -> 
     """
     shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items() if not k.startswith("projection.")}
     bad_anchors = [k for k, rank in _ANCHORS.items() if len(shapes.get(k, ())) != rank]
+    other = not_this_format(shapes, "a WeSpeaker ECAPA-TDNN", "wespeaker")
+    if other:
+        raise ValueError(other)
     if bad_anchors:
         patterns = _ecapa_patterns()
         unmatched = [k for k in shapes if _pattern(k) not in patterns]
         raise ValueError(
-            f"not an ECAPA-TDNN checkpoint: unmatched keys [{_listing(unmatched)}]; "
-            f"missing or mis-shaped ECAPA keys [{_listing(bad_anchors)}]"
+            f"not an ECAPA-TDNN checkpoint: unmatched keys [{listing(unmatched)}]; "
+            f"missing or mis-shaped ECAPA keys [{listing(bad_anchors)}]"
         )
     channels, feat_dim, _ = shapes["layer1.conv.weight"]
     width = shapes["layer2.se_res2block.1.convs.0.weight"][0]
@@ -241,7 +184,7 @@ def _detect_pooling(shapes: Mapping[str, tuple[int, ...]], mfa_dim: int) -> str:
     if "pool.attention" in shapes:
         return "SAP"
     if pool_keys:
-        raise ValueError(f"unsupported pooling layer with keys [{_listing(pool_keys)}]; supported: {sorted(POOLINGS)}")
+        raise ValueError(f"unsupported pooling layer with keys [{listing(pool_keys)}]; supported: {sorted(POOLINGS)}")
     pooled = shapes["bn.weight"][0]
     if pooled == 2 * mfa_dim:
         return "TSTP"
@@ -263,7 +206,7 @@ def _head_layouts(num_classes: int, embed_dim: int) -> list[dict[str, tuple[int,
     and the softmax head is ``trans`` = [BatchNorm(E), ReLU, Linear(E → N)].
     """
     n, e = num_classes, embed_dim
-    softmax = {**{k: (e,) for k in _module("trans.0", _BN[:4])}, "trans.0.num_batches_tracked": ()}
+    softmax = {**{k: (e,) for k in module_keys("trans.0", BN_LEAVES[:4])}, "trans.0.num_batches_tracked": ()}
     softmax |= {"trans.2.weight": (n, e), "trans.2.bias": (n,)}
     return [{"weight": (n, e)}, {"weight": (n, e), "bias": (1, 1)}, softmax]
 
@@ -284,36 +227,47 @@ def _pick_head(layouts: Sequence[dict], present: set, locate: Callable[[str, dic
     return max(layouts, key=score)  # the first (the plain margin head) on ties
 
 
+def split_projection(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(encoder keys, projection keys with the ``projection.`` prefix stripped)`` of a WeSpeaker state_dict."""
+    encoder = {k: v for k, v in state_dict.items() if not k.startswith("projection.")}
+    head = {k[len("projection.") :]: v for k, v in state_dict.items() if k.startswith("projection.")}
+    return encoder, head
+
+
+def convert_projection(head_sd: Mapping[str, Any], embed_dim: int) -> tuple[dict[str, Any] | None, list[str]]:
+    """WeSpeaker's training head (keys without ``projection.``) as Flax variables, and the offending keys.
+
+    Returns:
+      ``(projection, problems)``: ``{'params': {'weight': (E, N)}}`` for margin heads (the layout of
+      ``ecapa_jax.training.heads``), the softmax head's ``trans_0``/``trans_2`` variables, or None for an
+      empty ``head_sd``; problems name keys with ``projection.`` and both shapes.
+    """
+    if not head_sd:
+        return None, []
+    rows = [np.shape(head_sd[k])[0] for k in ("weight", "trans.2.weight") if np.ndim(head_sd.get(k)) == 2]
+    layout = _pick_head(_head_layouts(rows[0] if rows else 0, embed_dim), set(head_sd), lambda key, _: key)
+    head, problems = convert_keys(head_sd, layout, lambda k: _head_location(k, layout), prefix="projection.")
+    return traverse_util.unflatten_dict(head) if head else None, problems
+
+
+def projection_to_torch(
+    projection: Mapping[str, Any] | None, embed_dim: int
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The inverse of ``convert_projection``: ``({projection.key: tensor}, problems)``; empty for None."""
+    if projection is None:
+        return {}, []
+    head = traverse_util.flatten_dict(dict(projection))
+    kernel = head.get(("params", "weight"), head.get(("params", "trans_2", "kernel")))
+    layouts = _head_layouts(np.shape(kernel)[-1] if np.ndim(kernel) == 2 else 0, embed_dim)
+    layout = _pick_head(layouts, set(head), _head_location)
+    shapes = {_head_location(k, layout): torch_shape(s) for k, s in layout.items()}
+    problems = check_leaves("projection", head, shapes)
+    if problems:
+        return {}, problems
+    return {f"projection.{k}": to_torch(head[_head_location(k, layout)]) for k in layout}, []
+
+
 # ----------------------------------------------------------------------------- conversion
-
-
-def _to_flax(x: Any, loc: Location) -> np.ndarray:
-    x = _reverse_axes(np.asarray(x))
-    if loc[-1] == "num_batches_tracked":  # int64 in torch; averaged checkpoints hold a float
-        return np.rint(x.astype(np.float64)).astype(np.int32)
-    return x.astype(np.float32)
-
-
-def _to_torch(x: Any) -> np.ndarray:
-    x = _reverse_axes(np.asarray(x))
-    return np.asarray(x, np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32, order="C")
-
-
-def _convert_keys(
-    state_dict: Mapping[str, Any], layout: Mapping[str, tuple[int, ...]], locate, prefix: str = ""
-) -> tuple[dict[Location, np.ndarray], list[str]]:
-    """Maps every key of ``layout`` ({torch key: torch shape}) to Flax; lists missing/mis-shaped/extra keys."""
-    flat, problems = {}, []
-    for key, want in layout.items():
-        if key not in state_dict:
-            problems.append(f"{prefix}{key} missing (expected {want})")
-        elif np.shape(state_dict[key]) != want:
-            problems.append(f"{prefix}{key} has shape {np.shape(state_dict[key])}, expected {want}")
-        else:
-            loc = locate(key)
-            flat[loc] = _to_flax(state_dict[key], loc)
-    problems += [f"{prefix}{k} is unexpected (shape {np.shape(v)})" for k, v in state_dict.items() if k not in layout]
-    return flat, problems
 
 
 def from_wespeaker(
@@ -335,42 +289,22 @@ def from_wespeaker(
       ValueError: another architecture, or keys that are missing, unexpected or mis-shaped: one error
         listing every such key with its torch shape and the expected one.
     """
-    encoder_sd = {k: v for k, v in state_dict.items() if not k.startswith("projection.")}
-    head_sd = {k[len("projection.") :]: v for k, v in state_dict.items() if k.startswith("projection.")}
+    encoder_sd, head_sd = split_projection(state_dict)
     config = detect_config(encoder_sd, pooling)
-    template = _template(config)
+    shapes = template(config)
     keys = wespeaker_keys(config)
-    layout = {k: _torch_shape(template[flax_location(k, keys)].shape) for k in keys}
-    flat, problems = _convert_keys(encoder_sd, layout, lambda k: flax_location(k, keys))
-
-    head = {}
-    if head_sd:
-        rows = [np.shape(head_sd[k])[0] for k in ("weight", "trans.2.weight") if np.ndim(head_sd.get(k)) == 2]
-        layouts = _head_layouts(rows[0] if rows else 0, config.embed_dim)
-        head_layout = _pick_head(layouts, set(head_sd), lambda key, layout: key)
-        head, head_problems = _convert_keys(
-            head_sd, head_layout, lambda k: _head_location(k, head_layout), prefix="projection."
-        )
-        problems += head_problems
+    layout = {k: torch_shape(shapes[flax_location(k, keys)].shape) for k in keys}
+    flat, problems = convert_keys(encoder_sd, layout, lambda k: flax_location(k, keys))
+    projection, head_problems = convert_projection(head_sd, config.embed_dim)
+    problems += head_problems
     if problems:
         raise ValueError(
             f"state_dict does not match {config.wespeaker_name} ({config.pooling}, emb_bn={config.emb_bn}): "
             f"{len(problems)} offending keys: {'; '.join(problems)}"
         )
-    if set(flat) != set(template):  # wespeaker_keys and the model disagree: a bug, not a bad file
-        raise RuntimeError(f"key table and model differ for {config}: {sorted(set(template) ^ set(flat))}")
-    projection = traverse_util.unflatten_dict(head) if head else None
+    if set(flat) != set(shapes):  # wespeaker_keys and the model disagree: a bug, not a bad file
+        raise RuntimeError(f"key table and model differ for {config}: {sorted(set(shapes) ^ set(flat))}")
     return config, traverse_util.unflatten_dict(flat), projection
-
-
-def _check_leaves(what: str, flat: Mapping[Location, Any], shapes: Mapping[Location, tuple[int, ...]]) -> list[str]:
-    problems = [f"{what} {'/'.join(loc)} missing (expected {s})" for loc, s in shapes.items() if loc not in flat]
-    problems += [
-        f"{what} {'/'.join(loc)} has shape {np.shape(flat[loc])}, expected {s}"
-        for loc, s in shapes.items()
-        if loc in flat and np.shape(flat[loc]) != s
-    ]
-    return problems + [f"{what} {'/'.join(loc)} is unexpected" for loc in flat if loc not in shapes]
 
 
 def to_wespeaker(
@@ -391,21 +325,20 @@ def to_wespeaker(
     Raises:
       ValueError: variables missing, unexpected or of the wrong shape for ``config`` (all listed).
     """
+    if not config.is_wespeaker:
+        raise ValueError(
+            f"WeSpeaker's ECAPA_TDNN cannot hold this architecture (padding {config.padding!r}, Res2 identity "
+            f"{config.res2_identity!r}, kernel sizes {config.kernel_sizes}, ...); convert a SpeechBrain model back "
+            "with `python -m ecapa_jax.convert to-speechbrain`"
+        )
     flat = traverse_util.flatten_dict(dict(variables))
-    problems = _check_leaves("variable", flat, {loc: t.shape for loc, t in _template(config).items()})
-    head, head_layout = {}, {}
-    if projection is not None:
-        head = traverse_util.flatten_dict(dict(projection))
-        kernel = head.get(("params", "weight"), head.get(("params", "trans_2", "kernel")))
-        layouts = _head_layouts(np.shape(kernel)[-1] if np.ndim(kernel) == 2 else 0, config.embed_dim)
-        head_layout = _pick_head(layouts, set(head), _head_location)
-        shapes = {_head_location(k, head_layout): _torch_shape(s) for k, s in head_layout.items()}
-        problems += _check_leaves("projection", head, shapes)
+    problems = check_leaves("variable", flat, {loc: t.shape for loc, t in template(config).items()})
+    head, head_problems = projection_to_torch(projection, config.embed_dim)
+    problems += head_problems
     if problems:
         raise ValueError(f"variables do not match {config.wespeaker_name}: {'; '.join(problems)}")
     keys = wespeaker_keys(config)
-    out = {k: _to_torch(flat[flax_location(k, keys)]) for k in keys}
-    return out | {f"projection.{k}": _to_torch(head[_head_location(k, head_layout)]) for k in head_layout}
+    return {k: to_torch(flat[flax_location(k, keys)]) for k in keys} | head
 
 
 # ----------------------------------------------------------------------------- files
@@ -433,7 +366,7 @@ def wespeaker_to_dir(
     Returns:
       ``(config, variables, projection)`` as written.
     """
-    state_dict = load_state_dict(src, use_torch=use_torch)
+    state_dict = load_source(src, "wespeaker", use_torch=use_torch)
     try:
         config, variables, projection = from_wespeaker(state_dict, pooling)
     except ValueError as e:
@@ -469,10 +402,13 @@ def dir_to_wespeaker(
 
 
 __all__ = [
+    "convert_projection",
     "detect_config",
     "dir_to_wespeaker",
     "flax_location",
     "from_wespeaker",
+    "projection_to_torch",
+    "split_projection",
     "to_wespeaker",
     "wespeaker_keys",
     "wespeaker_to_dir",
