@@ -158,6 +158,9 @@ def main(argv=None) -> int:
     cache = out / "jax_cache"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache)}
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    # Processes other than 0 never hit JAX's compilation cache: quick (unoptimised) compilation, as the tests do;
+    # every run compared is compiled the same way.
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
     rng = random.Random(args.seed)
     results = [soak(n, args.kills, rng, out, env) for n in args.processes]
     for r in results:

@@ -88,14 +88,21 @@ def wait(procs: Sequence[subprocess.Popen], timeout: float) -> list[int]:
     return codes
 
 
-def wait_for(path: Path, procs: Sequence[subprocess.Popen], timeout: float = 300, logs: Path | None = None) -> None:
-    """Polls until ``path`` exists; fails if a process ended first or time ran out."""
+def lines(path: Path) -> int:
+    """Complete lines in a (log) file, 0 if it does not exist."""
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
+def wait_for(what, procs: Sequence[subprocess.Popen], timeout: float = 300, logs: Path | None = None) -> None:
+    """Polls until ``what`` (a path that must exist, or a predicate) holds; fails if a process ended first or
+    time ran out."""
+    holds = what if callable(what) else what.exists
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not holds():
         ended = [p.returncode for p in procs if p.poll() is not None]
         if ended or time.monotonic() > deadline:
             text = "".join(f.read_text()[-2000:] for f in sorted(logs.glob("*.log"))) if logs else ""
-            raise AssertionError(f"{path} did not appear (exit codes {ended}):\n{text}")
+            raise AssertionError(f"{what} did not happen (exit codes {ended}):\n{text}")
         time.sleep(0.02)
 
 
