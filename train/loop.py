@@ -313,6 +313,7 @@ def _train(trainer, state, start, total, config, loader, checkpoints, logs) -> T
             done = step + 1
             if done % checkpoint_every == 0 or done == total:
                 logs.metrics.flush()
+                logs.tensorboard.flush()  # what the checkpoint follows must outlive a kill (the kill soak found it)
                 if not trainer.all_finite((state.params, state.batch_stats)):
                     raise NonFiniteError(
                         f"non-finite parameters after step {step}; not saved. {checkpoints.describe_latest()}"
