@@ -109,6 +109,11 @@ def test_sigkill_of_all_processes_then_relaunch_is_exact(multi, optimized_env, t
     keys = ("step", "data_epoch", "data_step", "index_crc", "loss", "grad_norm")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
     assert runs.jsonl(workdir / "eval.jsonl") == runs.jsonl(multi / "eval.jsonl")
+    scalars, reference = (runs.tensorboard_scalars(d / "tensorboard") for d in (workdir, multi))
+    assert {tag: [s for s, _ in v] for tag, v in scalars.items()} == {
+        tag: [s for s, _ in v] for tag, v in reference.items()
+    }
+    assert scalars["train/loss"] == reference["train/loss"] and len(scalars["train/loss"]) == STEPS
     (a, extra_a), (b, extra_b) = runs.checkpoint(multi, STEPS), runs.checkpoint(workdir, STEPS)
     assert extra_a == extra_b
     assert runs.bitwise_equal(a, b), runs.max_abs_diff(a, b)

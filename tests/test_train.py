@@ -203,6 +203,9 @@ def test_resume_after_sigkill_is_exact(run, env, tmp_path):
     straight, resumed = (_jsonl(d / "metrics.jsonl") for d in (run, tmp_path))
     keys = ("step", "data_epoch", "data_step", "index_crc")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+    # TensorBoard too holds each step once: the killed run's events up to its checkpoint, the rerun's after it.
+    scalars = runs.tensorboard_scalars(tmp_path / "tensorboard")["train/loss"]
+    assert scalars == [(r["step"], np.float32(r["loss"])) for r in straight]
     np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight], rtol=1e-6)
     a, extra_a = CheckpointManager(run / "checkpoints").restore(STEPS)
     b, extra_b = CheckpointManager(tmp_path / "checkpoints").restore(STEPS)
