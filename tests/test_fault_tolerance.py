@@ -60,12 +60,26 @@ def test_restore_skips_damaged_checkpoints(straight, train_env, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     skipped = [line for line in result.stderr.splitlines() if "does not restore" in line]
     assert [f"checkpoints/{s} does not restore" in line for s, line in zip((6, 4), skipped, strict=True)] == [1, 1]
-    assert "Traceback" not in result.stderr and f"resumed {workdir} from step 2" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-6000:]
+    assert f"resumed {workdir} from step 2" in result.stderr
     assert sorted(p.name.split(".")[0] for p in (workdir / "checkpoints.damaged").iterdir()) == ["4", "6"]
     state, _ = runs.checkpoint(workdir, STEPS)
     assert runs.bitwise_equal(state, reference)
     assert [r["step"] for r in runs.jsonl(workdir / "metrics.jsonl")] == list(range(STEPS))
     assert not list(workdir.glob(".model*")), list(workdir.glob(".*"))
+
+
+def test_checkpoints_of_another_model_are_refused_not_set_aside(straight, train_env, tmp_path):
+    """--force-config with another model: its checkpoints do not fit, which is a config error (exit 2, one line),
+    not damage: they stay where they are."""
+    workdir = _copy(straight, tmp_path)
+    result = runs.run(workdir, *RUN, "model.channels=24", environ=train_env, flags=["--force-config"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "checkpoints/6 holds a state of other shapes than this config's" in errors[0], errors
+    assert not (workdir / "checkpoints.damaged").exists() and "Traceback" not in result.stderr
+    with CheckpointManager(workdir / "checkpoints") as ckpt:
+        assert ckpt.all_steps() == [2, 4, 6]
 
 
 def test_logs_hold_each_step_once_when_no_checkpoint_was_written(straight, train_env, tmp_path):
@@ -97,7 +111,9 @@ def test_a_failed_checkpoint_write_stops_at_once(straight, train_env, tmp_path):
     result = runs.run(workdir, *RUN, environ=train_env, timeout=120, file_size_limit=64_000)
     assert result.returncode == 1, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "could not write checkpoint 6 to" in errors[0] and "File too large" in errors[0], errors
+    assert len(errors) == 1 and "could not write checkpoint 6 to" in errors[0] and "File too large" in errors[0], (
+        result.stderr[-4000:]
+    )
     assert "The last good checkpoint is step 4" in errors[0]
     assert "Traceback" not in result.stderr and "ERROR:absl" not in result.stderr, result.stderr[-3000:]
     with CheckpointManager(workdir / "checkpoints") as ckpt:

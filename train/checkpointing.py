@@ -48,15 +48,17 @@ def _reason(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def _orbax_errors_reported_by_us() -> Iterator[None]:
-    """While saving, orbax's own reports of a failed write are held back: the failure is raised once, with
-    its reason, as a `CheckpointError`.
+    """While saving or restoring, orbax's own reports of a failed write or read are held back: the failure is
+    raised once, and the caller reports it in one line with its reason.
 
-    A failed write makes orbax log a traceback from each of its writer threads (absl), asyncio report the
-    writes that failed alongside ("Task exception was never retrieved"), and tensorstore's callbacks print
-    "Event loop is closed" tracebacks straight to the stderr file descriptor: dozens on a full disk. Log
-    records at ERROR are filtered; in a single-process run file descriptor 2 is captured too, and what it
-    caught is written out again when the save succeeds. Not in a multi-process run: there JAX may end the
-    process from inside a save (a peer died) with a message that must not go into the capture.
+    A failed write (or a read of a damaged checkpoint) makes orbax log a traceback from each of its threads
+    (absl), asyncio report the tasks that failed alongside ("Task exception was never retrieved"), and
+    tensorstore's callbacks report "Event loop is closed" (unraisable errors, hundreds on a full disk), some
+    after the failure has been raised. Log records at ERROR are filtered, and after a failure the closed-loop
+    reports are dropped (`_drop_closed_loop_reports`). In a single-process run file descriptor 2 is captured
+    too (for what native code prints), and what it caught is written out again when the save or restore
+    succeeds. Not in a multi-process run: there JAX may end the process from inside a save (a peer died) with
+    a message that must not go into the capture.
     """
     below_error = lambda record: record.levelno < logging.ERROR  # noqa: E731 - a filter keeps what it accepts
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
@@ -73,6 +75,7 @@ def _orbax_errors_reported_by_us() -> Iterator[None]:
             yield
         except BaseException:
             failed = True
+            sys.unraisablehook = _drop_closed_loop_reports
             gc.collect()  # asyncio reports unretrieved task errors when the tasks are collected: now, held back
             raise
         finally:
@@ -85,6 +88,14 @@ def _orbax_errors_reported_by_us() -> Iterator[None]:
                 if not failed:
                     captured.seek(0)
                     os.write(2, captured.read())
+
+
+def _drop_closed_loop_reports(unraisable: Any) -> None:
+    """``sys.unraisablehook`` after a failed save or restore: tensorstore's callbacks for the reads and writes
+    still in flight when orbax's event loop closed report "Event loop is closed" from their own threads,
+    hundreds of times and for a while after the failure; those reports are dropped, any other is shown."""
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
 
 
 class Checkpoints:
@@ -137,9 +148,16 @@ class Checkpoints:
         for step in reversed(steps):
             error = None
             try:
-                state, extra = self.manager.restore(step, target=target)
+                saved = self.manager.shapes(step)
             except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in many ways inside orbax
                 error = _reason(e)
+            else:
+                self._check_fits(step, saved, target)
+                try:
+                    with _orbax_errors_reported_by_us():
+                        state, extra = self.manager.restore(step, target=target)
+                except Exception as e:  # noqa: BLE001
+                    error = _reason(e)
             if all_true(error is None):
                 return state, self._loader_state(step, extra), step
             skipped.append(step)
@@ -151,6 +169,17 @@ class Checkpoints:
                 f"{self.directory} to start this one afresh"
             )
         return None
+
+    def _check_fits(self, step: int, saved: Any, target: Any) -> None:
+        """Raises ValueError when checkpoint ``step`` holds other arrays than the state of this config (a model
+        changed under --force-config): a config error, not damage, so nothing is moved aside."""
+        shapes = lambda tree: sorted((x.shape, str(x.dtype)) for x in jax.tree.leaves(tree))  # noqa: E731
+        if shapes(saved) != shapes(target):
+            raise ValueError(
+                f"checkpoint {self.manager.step_path(step)} holds a state of other shapes than this config's model "
+                f"and optimiser ({len(jax.tree.leaves(saved))} vs {len(jax.tree.leaves(target))} arrays); continue "
+                "it with the config it was written with, or start afresh in another --workdir"
+            )
 
     def _loader_state(self, step: int, extra: dict) -> dict:
         loaders = extra.get("loader")

@@ -12,11 +12,13 @@ How a failure ends the others, and how fast (measured on CPU with Gloo, see test
 - a process that fails posts its error and leaves with ``os._exit`` (`exit_process`), skipping the
   coordination service's shutdown barrier, which would otherwise hold it until ``shutdown_timeout``
   and then abort it; its sockets close, so a peer inside a collective fails at once and reports the
-  posted error;
+  posted error (process 0, which hosts the service, first waits a little for the others to read it);
 - a process that is killed posts nothing: its peers' collectives fail at once on a closed socket
-  (Gloo), or, where a collective does not notice (a peer host that vanished), the coordination
-  service declares it dead after ``heartbeat_timeout`` seconds and terminates the others. That
-  timeout is the bound; ``python -m train --heartbeat-timeout`` sets it (JAX's default is 100 s).
+  (Gloo), "lost contact with another process"; where nothing notices (a host that vanished or hangs,
+  or peers waiting in the coordination service, e.g. orbax's barrier around a checkpoint), the service
+  declares it dead after ``heartbeat_timeout`` seconds and JAX terminates the others with its own
+  message ("another task died"). That timeout is the bound; ``python -m train --heartbeat-timeout``
+  sets it (JAX's default is 100 s).
 
 Single-process runs skip all of it: `on_lead` calls the function, the rest are no-ops.
 """
@@ -34,8 +36,6 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 KEY_PREFIX = "ecapa_jax/train/"  # this run's keys in the coordination service

@@ -326,12 +326,22 @@ class CheckpointManager:
             raise FileNotFoundError(f"{self.directory}: no checkpoint {step}; have steps {self.all_steps()}")
         if target is None:  # the saved shapes on this process's first device (a multi-device save names others)
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            metadata = self._manager.item_metadata(step)["state"]
-            on_host = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+            on_host = jax.tree.map(lambda m: m.update(sharding=device), self.shapes(step))
         args = ocp.args.StandardRestore(on_host if target is None else target)
         out = self._manager.restore(step, args=ocp.args.Composite(state=args, extra=ocp.args.JsonRestore()))
         tree = out["state"] if target is not None else jax.tree.map(np.asarray, out["state"])
         return tree, dict(out["extra"] or {})
+
+    def shapes(self, step: int) -> Any:
+        """The saved tree of checkpoint ``step`` as ``jax.ShapeDtypeStruct`` leaves (its metadata; no arrays read).
+
+        Raises:
+          ValueError: the metadata is missing (``state/_METADATA``); orbax's own errors for unreadable ones.
+        """
+        metadata = self._manager.item_metadata(step)["state"]
+        if metadata is None or not jax.tree.leaves(metadata):
+            raise ValueError(f"{self.step_path(step)}: no array metadata (state/_METADATA is missing or empty)")
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata)
 
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
