@@ -21,7 +21,7 @@ from ecapa_jax.frontend.kaldi import KaldiFrontEnd
 from ecapa_jax.io.checkpoint import join_variables, save_model_dir
 from ecapa_jax.models import build_model
 from ecapa_jax.models.ecapa import EcapaConfig
-from train import tools
+from train import launch, tools
 from train.__main__ import main as train_main
 from train.config import check_workdir_config, load_config
 
@@ -33,6 +33,7 @@ COMMANDS = {
     "ecapa_jax.export": export.main,
     "train": train_main,
     "train.tools": tools.main,
+    "train.launch": launch.main,
 }
 
 
@@ -166,7 +167,15 @@ def test_tools_errors_are_2(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "module",
-    ["ecapa_jax.embed", "ecapa_jax.score", "ecapa_jax.metrics", "ecapa_jax.convert", "ecapa_jax.export", "train.data"],
+    [
+        "ecapa_jax.embed",
+        "ecapa_jax.score",
+        "ecapa_jax.metrics",
+        "ecapa_jax.convert",
+        "ecapa_jax.export",
+        "train.data",
+        "train.launch",
+    ],
 )
 def test_the_process_exits_by_the_rule_without_a_traceback(module, tmp_path):
     """The real ``python -m`` process: status 2, one line, no traceback, no runpy warning."""
@@ -177,6 +186,7 @@ def test_the_process_exits_by_the_rule_without_a_traceback(module, tmp_path):
         "ecapa_jax.convert": ["to-wespeaker", str(tmp_path / "nowhere"), str(tmp_path / "x.pt")],
         "ecapa_jax.export": [str(tmp_path / "nowhere"), str(tmp_path / "x.jax")],
         "train.data": ["data.data_type=kaldi", f"data.train_data={tmp_path / 'nowhere'}"],
+        "train.launch": ["-n", "0", "--", "--config", "tiny"],
     }[module]
     env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
     run = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import oracles
 import pytest
+import runs
 import soundfile as sf
 
 import ecapa_jax
@@ -31,34 +32,18 @@ from ecapa_jax.score import main as score_main
 from train import tools
 from train.__main__ import main as train_main
 from train.config import TrainConfig, apply_overrides, check_workdir_config, load_config
-from train.loop import initialize_distributed, make_eval_set, train_and_evaluate
+from train.distributed import initialize_distributed
+from train.evaluation import make_eval_set
+from train.loop import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, HALF = 150, 75
 SPEAKERS, UTTS = 16, 4
 PRESET = "voxceleb_glob_c512"
-RUN = [  # overrides of PRESET
-    "model.channels=16",
-    "model.mfa_dim=64",
-    "model.embed_dim=32",
-    "data.data_type='demo'",
-    "data.train_data=''",
-    "data.train_label=''",
-    "data.noise_data=''",
-    "data.reverb_data=''",
-    "data.num_workers=0",
-    f"data.demo_speakers={SPEAKERS}",
-    f"data.demo_utts_per_speaker={UTTS}",
+RUN = [  # overrides of the tiny preset (the recipe at toy size, one step per "epoch")
     "data.demo_held_out=0",  # no evaluation: this run is about the loop's mechanics
-    "data.global_batch_size=8",
-    "data.num_frms=20",
-    "data.speed_perturb=False",
-    "steps_per_epoch=1",
     f"checkpoint_interval={HALF}",
     "keep_checkpoints=2",
-    "log_interval=1",
-    "eval_data=''",
-    "eval_trials=''",
 ]
 DEMO = [  # overrides of the demo preset: 16 speakers × 12 utterances, a 32-channel model, 162 steps
     "model.channels=32",
@@ -77,7 +62,7 @@ DEMO_STEPS = 162  # 27 epochs of ⌊192 / 32⌋ steps
 
 
 def _config(*extra: str) -> TrainConfig:
-    return apply_overrides(load_config(PRESET), RUN + list(extra))
+    return apply_overrides(load_config("tiny"), RUN + list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +77,7 @@ def env(tmp_path_factory):
 
 
 def _command(workdir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "train", f"--config={PRESET}", f"--workdir={workdir}", *RUN, *extra]
+    return [sys.executable, "-m", "train", "--config=tiny", f"--workdir={workdir}", *RUN, *extra]
 
 
 def _run(env, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -125,6 +110,13 @@ def test_demo_learns(tmp_path):
     # Measured: 28.0% -> 13.6%; a model that learns nothing stays near its initial 28%.
     assert [e["step"] for e in evals] == [0, DEMO_STEPS] and end < init - 0.10, f"EER {init:.3f} -> {end:.3f}"
     assert f"final held-out EER after {DEMO_STEPS} steps: {100 * end:.2f}%" in result.stdout
+    assert f"data: {DEMO_STEPS * 32} samples from " in result.stdout  # the loader's counts, reported at the end
+    assert f"tensorboard --logdir {tmp_path / 'tensorboard'}" in result.stdout
+    # TensorBoard holds what the JSON logs hold: every logged step's scalars, and each evaluation's EER.
+    scalars, metrics = runs.tensorboard_scalars(tmp_path / "tensorboard"), _jsonl(tmp_path / "metrics.jsonl")
+    for name in ("loss", "accuracy", "lr", "margin", "grad_norm", "samples_per_s"):
+        assert scalars[f"train/{name}"] == [(r["step"], np.float32(r[name])) for r in metrics], name
+    assert scalars["eval/eer"] == [(e["step"], np.float32(e["eer"])) for e in evals]
     # The exported model directory is what ecapa_jax.load reads; it holds the final state.
     encoder = ecapa_jax.load(tmp_path / "model")
     final, _ = CheckpointManager(tmp_path / "checkpoints").restore(DEMO_STEPS)
@@ -206,10 +198,14 @@ def test_resume_after_sigkill_is_exact(run, env, tmp_path):
     assert steps == [HALF], f"the kill came too late: checkpoints {steps}"
     result = _run(env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"train.loop: resumed {tmp_path} from step {HALF}" in result.stderr  # the trainer's INFO lines show
 
     straight, resumed = (_jsonl(d / "metrics.jsonl") for d in (run, tmp_path))
     keys = ("step", "data_epoch", "data_step", "index_crc")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+    # TensorBoard too holds each step once: the killed run's events up to its checkpoint, the rerun's after it.
+    scalars = runs.tensorboard_scalars(tmp_path / "tensorboard")["train/loss"]
+    assert scalars == [(r["step"], np.float32(r["loss"])) for r in straight]
     np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight], rtol=1e-6)
     a, extra_a = CheckpointManager(run / "checkpoints").restore(STEPS)
     b, extra_b = CheckpointManager(tmp_path / "checkpoints").restore(STEPS)
@@ -284,7 +280,8 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(run, env, tmp_path):
     assert ckpt.all_steps() == [1, 2]  # the state after step 2 was never saved
     state, extra_state = ckpt.restore(2)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
-    assert {k: extra_state["loader"][k] for k in ("epoch", "step", "samples")} == {"epoch": 0, "step": 2, "samples": 16}
+    (loader,) = extra_state["loader"]  # one loader state per process
+    assert {k: loader[k] for k in ("epoch", "step", "samples")} == {"epoch": 0, "step": 2, "samples": 16}
 
 
 def test_average_and_export(run, tmp_path):

@@ -278,8 +278,16 @@ def load_config(name_or_file: str) -> TrainConfig:
     return config
 
 
-def check_workdir_config(workdir: str | os.PathLike, config: TrainConfig, force: bool = False) -> Path:
+def check_workdir_config(
+    workdir: str | os.PathLike, config: TrainConfig, force: bool = False, write: bool = True
+) -> Path:
     """Writes ``config.json`` into ``workdir``, or checks that the run there has this same config.
+
+    Args:
+      workdir: the run directory.
+      config: the run's config.
+      force: accept (and write) a config that differs from the one in ``workdir``.
+      write: write ``config.json``; False only checks, writing nothing.
 
     Raises:
       ValueError: ``workdir`` holds a run with another config and ``force`` is False; the message
@@ -295,8 +303,9 @@ def check_workdir_config(workdir: str | os.PathLike, config: TrainConfig, force:
                 f"{workdir} holds a run with a different config ({'; '.join(diff[:8])}); use another --workdir, "
                 "or --force-config to continue it with this one"
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_json() + "\n")
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(config.to_json() + "\n")
     return path
 
 

@@ -137,8 +137,13 @@ def make_train_step(
 
 
 def data_mesh(devices=None) -> Mesh:
-    """A 1-D ``('data',)`` mesh over all devices of all processes (or the given ones)."""
-    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+    """A 1-D ``('data',)`` mesh over all devices of all processes (or the given ones).
+
+    Devices are ordered by process, so process p's slice of a global batch (``shard_batch``) is the
+    p-th block of rows: the same batch as one process loading all of it.
+    """
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(sorted(devices, key=lambda d: (d.process_index, d.id))), ("data",))
 
 
 def jit_train_step(train_step, mesh: Mesh):
@@ -160,5 +165,22 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 
 
 def replicate(tree, mesh: Mesh):
-    """Places a pytree on every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Places a pytree of host values (the same on every process) on every device of the mesh.
+
+    Each process fills only its own devices (``jax.make_array_from_callback``), which is what a mesh
+    spanning several processes allows; typed PRNG keys travel as their key data.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
+
+
+def gather(mesh: Mesh):
+    """A jitted ``x -> x`` whose result is replicated: a batch-sharded array made readable on every process."""
+    return jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, PartitionSpec()))

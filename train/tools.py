@@ -26,7 +26,7 @@ from ecapa_jax.io.files import read_json
 from train.config import TrainConfig, load_config
 from train.data import demo_corpus
 from train.demo_corpus import write_dataset, write_trials
-from train.loop import CHECKPOINT_DIR
+from train.workdir import CHECKPOINT_DIR
 
 
 def average_trees(trees: Sequence[Any]) -> Any:

@@ -79,19 +79,26 @@ def split_variables(tree: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
 # ----------------------------------------------------------------------------- pytrees
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+    """Orbax options for I/O by this process alone: no barriers with the other processes of a run, so
+    one process of a multi-process job (the trainer's process 0 exporting its model) can save or load."""
+    index = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=index, active_processes={index})
+
+
 def save_pytree(path: str | os.PathLike, tree: Any) -> None:
     """Saves a pytree of (NumPy or JAX) arrays as an orbax checkpoint at ``path``, which must not exist.
 
-    Blocks until the checkpoint is complete on disk.
+    Blocks until the checkpoint is complete on disk. Only the calling process takes part.
     """
-    with ocp.StandardCheckpointer() as checkpointer:
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
         checkpointer.save(Path(path).absolute(), tree)
         checkpointer.wait_until_finished()
 
 
 def restore_pytree(path: str | os.PathLike) -> Any:
-    """The pytree saved at ``path`` by ``save_pytree``, with NumPy leaves."""
-    with ocp.StandardCheckpointer() as checkpointer:
+    """The pytree saved at ``path`` by ``save_pytree``, with NumPy leaves. Only the calling process takes part."""
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
         tree = checkpointer.restore(Path(path).absolute())
     return jax.tree.map(np.asarray, tree)
 
@@ -260,9 +267,13 @@ class CheckpointManager:
     """Numbered training checkpoints in one directory: a pytree and a JSON dict per step, the newest N kept.
 
     A thin wrapper of ``orbax.checkpoint.CheckpointManager``: ``DIR/<step>/state`` (the pytree) and
-    ``DIR/<step>/extra`` (e.g. the data loader's position). Saving is asynchronous (the arrays are
-    copied to the host before `save` returns, so they may be donated afterwards); a step directory
-    appears only once complete, so a killed process leaves the previous checkpoints intact.
+    ``DIR/<step>/extra`` (e.g. the data loader's position). Saving is synchronous: `save` returns once
+    the checkpoint is complete on disk, or raises the write's error (path and reason) at once; orbax's
+    asynchronous mode reports a failed write only at the next save and can then wait minutes for a
+    directory-creation signal that never comes. A step directory appears only once complete (written
+    under a temporary name, renamed), so a killed process leaves the previous checkpoints intact; the
+    temporary directories of interrupted saves are removed when the next manager opens the directory.
+    In a multi-process run every process creates the manager and calls `save`/`restore` together.
 
     Args:
       directory: where the step directories live (created).
@@ -273,8 +284,10 @@ class CheckpointManager:
         self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-            item_names=("state", "extra"),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True
+            ),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()},
         )
 
     def all_steps(self) -> list[int]:
@@ -283,8 +296,16 @@ class CheckpointManager:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def step_path(self, step: int) -> Path:
+        """The directory of checkpoint ``step``."""
+        return self.directory / str(step)
+
+    def reload(self) -> None:
+        """Re-reads the step directories (after some were moved away by hand or by another process)."""
+        self._manager.reload()
+
     def save(self, step: int, tree: Any, extra: Mapping[str, Any] | None = None) -> None:
-        """Starts saving ``tree`` and ``extra`` (JSON-serialisable) as checkpoint ``step``."""
+        """Saves ``tree`` and ``extra`` (JSON-serialisable) as checkpoint ``step``; returns when it is on disk."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), extra=ocp.args.JsonSave(dict(extra or {})))
         self._manager.save(step, args=args, force=True)
 
@@ -294,7 +315,8 @@ class CheckpointManager:
         Args:
           step: which checkpoint.
           target: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with shardings) giving the
-            structure and placement of the result; None restores the saved structure as NumPy.
+            structure and placement of the result; None restores the saved structure as NumPy, whatever
+            devices and processes wrote it.
 
         Raises:
           FileNotFoundError: no such checkpoint (the ones present named).
@@ -302,10 +324,24 @@ class CheckpointManager:
         step = self.latest_step() if step is None else step
         if step is None or step not in self._manager.all_steps():
             raise FileNotFoundError(f"{self.directory}: no checkpoint {step}; have steps {self.all_steps()}")
-        state_args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
-        out = self._manager.restore(step, args=ocp.args.Composite(state=state_args, extra=ocp.args.JsonRestore()))
+        if target is None:  # the saved shapes on this process's first device (a multi-device save names others)
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            on_host = jax.tree.map(lambda m: m.update(sharding=device), self.shapes(step))
+        args = ocp.args.StandardRestore(on_host if target is None else target)
+        out = self._manager.restore(step, args=ocp.args.Composite(state=args, extra=ocp.args.JsonRestore()))
         tree = out["state"] if target is not None else jax.tree.map(np.asarray, out["state"])
         return tree, dict(out["extra"] or {})
+
+    def shapes(self, step: int) -> Any:
+        """The saved tree of checkpoint ``step`` as ``jax.ShapeDtypeStruct`` leaves (its metadata; no arrays read).
+
+        Raises:
+          ValueError: the metadata is missing (``state/_METADATA``); orbax's own errors for unreadable ones.
+        """
+        metadata = self._manager.item_metadata(step)["state"]
+        if metadata is None or not jax.tree.leaves(metadata):
+            raise ValueError(f"{self.step_path(step)}: no array metadata (state/_METADATA is missing or empty)")
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata)
 
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
