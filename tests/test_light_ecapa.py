@@ -15,7 +15,7 @@ from ecapa_jax.models import build_model
 from ecapa_jax.models.conformer import ConformerConfig
 from ecapa_jax.models.costs import forward_macs, num_params
 from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
-from ecapa_jax.models.layers import DepthwiseConv1d, SeparableConv1d
+from ecapa_jax.models.layers import DepthwiseConv1d, SeparableConv1d, reflect_pad
 from ecapa_jax.models.transformer import TransformerConfig
 from ecapa_jax.stats import lengths_to_mask
 
@@ -83,6 +83,13 @@ def test_depthwise_conv_equals_the_grouped_convolution(kernel, dilation):
     grouped = nn.Conv(6, (kernel,), kernel_dilation=(dilation,), padding=[(pad, pad)], feature_group_count=6)
     assert jax.tree.map(np.shape, grouped.init(jax.random.key(0), x)) == jax.tree.map(np.shape, variables)
     np.testing.assert_allclose(ours.apply(variables, x), grouped.apply(variables, x), atol=TOL, rtol=0)
+    # padding='reflect' (SpeechBrain's layout) takes reflect_pad's (B, T + 2p, C) input and keeps T frames.
+    padded = reflect_pad(x, pad)
+    reflect = DepthwiseConv1d(kernel, dilation, padding="reflect")
+    valid = nn.Conv(6, (kernel,), kernel_dilation=(dilation,), padding="VALID", feature_group_count=6)
+    got = reflect.apply(variables, padded)
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, valid.apply(variables, padded), atol=TOL, rtol=0)
 
 
 LIGHT = EcapaConfig(channels=32, mfa_dim=64, embed_dim=16, global_context_att=True).replace(
@@ -90,8 +97,13 @@ LIGHT = EcapaConfig(channels=32, mfa_dim=64, embed_dim=16, global_context_att=Tr
 )
 
 
-def test_padded_batch_equals_one_at_a_time():
-    model = ECAPA_TDNN(LIGHT)
+@pytest.mark.parametrize(
+    "config",
+    [LIGHT, EcapaConfig.speechbrain(32, 64, embed_dim=16, separable_res2=True, separable_layer1=True)],
+    ids=["wespeaker_layout", "speechbrain_layout"],  # zero padding; reflect padding of each row's valid frames
+)
+def test_padded_batch_equals_one_at_a_time(config):
+    model = ECAPA_TDNN(config)
     lengths = [30, 7]
     x = np.random.default_rng(2).normal(size=(2, 30, 80)).astype(np.float32)
     variables = model.init(jax.random.key(0), x)
