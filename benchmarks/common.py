@@ -107,6 +107,34 @@ def wespeaker(submodule: str):
     return oracles().wespeaker(submodule)
 
 
+def wespeaker_model(config):
+    """WeSpeaker's ECAPA_TDNN for one of our ``EcapaConfig`` (same channels, pooling, global context), eval mode."""
+    model = wespeaker("models.ecapa_tdnn").ECAPA_TDNN(
+        channels=config.channels,
+        feat_dim=config.feat_dim,
+        embed_dim=config.embed_dim,
+        pooling_func=config.pooling,
+        global_context_att=config.global_context_att,
+        emb_bn=config.emb_bn,
+    )
+    return model.eval()
+
+
+def side_by_side(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
+    """The set-up of every comparison with WeSpeaker's model: both sides pinned to ``--threads`` (after
+    WeSpeaker's import, which sets torch to one thread), our config from ``--model`` / ``--channels``, and
+    WeSpeaker's model for it drawn with torch's seed 0.
+
+    Returns:
+      (what `pin_threads` set, for the banner; the ``EcapaConfig``; their model, eval mode).
+    """
+    wespeaker("models.ecapa_tdnn")
+    pinned = pin_threads(args.threads)
+    config = model_config(args)
+    import_torch().manual_seed(0)
+    return pinned, config, wespeaker_model(config)
+
+
 def wespeaker_variables(module) -> dict:
     """A WeSpeaker module's weights as our Flax variables (``tests/oracles.py``), for identical models."""
     return oracles().wespeaker_variables(module)

@@ -37,19 +37,6 @@ SAMPLE_RATE = 16000
 FRONT_END = KaldiFrontEnd()  # WeSpeaker's inference front-end: 16 kHz, 80 bins, dither 0
 
 
-def wespeaker_model(ecapa, config: EcapaConfig):
-    """WeSpeaker's ECAPA_TDNN for one of our configs (same channels, pooling, global context), eval mode."""
-    model = ecapa.ECAPA_TDNN(
-        channels=config.channels,
-        feat_dim=config.feat_dim,
-        embed_dim=config.embed_dim,
-        pooling_func=config.pooling,
-        global_context_att=config.global_context_att,
-        emb_bn=config.emb_bn,
-    )
-    return model.eval()
-
-
 def torch_features(torch, kaldi, wavs: np.ndarray):
     """WeSpeaker's extraction front-end per utterance, stacked: (B, N) → (B, T, 80) torch tensor."""
     feats = []
@@ -126,14 +113,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = common.parse(p, argv)
     cases = [tuple(float(v) for v in c.split("x")) for c in args.cases]
 
-    ecapa = common.wespeaker("models.ecapa_tdnn")
+    pinned, config, theirs = common.side_by_side(args)
     from torchaudio.compliance import kaldi
 
-    torch = common.import_torch()
-    pinned = common.pin_threads(args.threads)
-    config = common.model_config(args)
-    torch.manual_seed(0)
-    theirs = wespeaker_model(ecapa, config)
     variables = jax.device_put(common.wespeaker_variables(theirs))
     print(common.banner({"model": f"{args.model} (channels {config.channels}), eval, float32", **pinned}))
     peak = max(common.gemm_rate(args.repeats).values())

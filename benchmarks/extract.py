@@ -35,7 +35,6 @@ import numpy as np
 import soundfile as sf
 
 from benchmarks import common
-from benchmarks.embed import wespeaker_model
 from ecapa_jax.encoder import Buckets, Encoder, duration
 
 
@@ -120,12 +119,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     p.add_argument("--bucket-ratio", type=float, default=1.09, help="our growth between padded lengths")
     p.add_argument("--workers", type=int, default=2, help="our reading threads")
     args = common.parse(p, argv)
-    ecapa = common.wespeaker("models.ecapa_tdnn")
-    torch = common.import_torch()
-    pinned = common.pin_threads(args.threads)
-    config = common.model_config(args)
-    torch.manual_seed(0)
-    theirs = wespeaker_model(ecapa, config)
+    pinned, config, theirs = common.side_by_side(args)
     encoder = Encoder(config, common.wespeaker_variables(theirs), buckets=Buckets(ratio=args.bucket_ratio))
     settings = {"batch size": args.batch_size, "bucket ratio": args.bucket_ratio, "reading threads": args.workers}
     print(common.banner({"model": f"{args.model} (channels {config.channels}), eval, float32", **settings, **pinned}))

@@ -205,9 +205,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from benchmarks import common
 
         torch = common.import_torch()
-        ecapa = common.wespeaker("models.ecapa_tdnn")
         projections = common.wespeaker("models.projections")
-        from benchmarks.embed import wespeaker_model
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         torch.backends.cudnn.benchmark = True  # as WeSpeaker's train.py
@@ -216,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         labels = torch.from_numpy(rng.integers(0, classes, batch)).long().to(device)
         for name, amp in (("fp32", False), ("AMP fp16", True)):
             torch.manual_seed(0)
-            model = wespeaker_model(ecapa, config).train().to(device)
+            model = common.wespeaker_model(config).train().to(device)
             proj = projections.ArcMarginProduct(config.embed_dim, classes, scale=32.0, margin=0.2).to(device)
             opt = torch.optim.SGD(
                 list(model.parameters()) + list(proj.parameters()), lr=0.1, momentum=0.9, nesterov=True,
@@ -261,11 +259,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"ours extraction {name}, waveform -> emb, {emb_batch} x {emb_seconds:g} s", ours[name], "utt/s"
             )
         torch = common.import_torch()
-        ecapa = common.wespeaker("models.ecapa_tdnn")
-        from benchmarks.embed import wespeaker_model
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        theirs = wespeaker_model(ecapa, config).to(device)
+        theirs = common.wespeaker_model(config).to(device)
         feats = torch.from_numpy(np.array(wespeaker_features(wav)[0])).to(device)
         for name, amp in (("fp32", False), ("fp16 autocast", True)):
 

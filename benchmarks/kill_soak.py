@@ -55,7 +55,7 @@ KINDS = ("checkpoint", "export", "steps", "startup")
 
 
 def start(workdir: Path, processes: int, env: dict, logs: Path) -> list[subprocess.Popen]:
-    args = [f"--workdir={workdir}", "--heartbeat-timeout=10", *RUN]
+    args = [f"--workdir={workdir}", "--heartbeat-timeout=10", "--init-timeout=60", *RUN]
     if processes == 1:
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / "process_0.log", "w") as out:

@@ -35,7 +35,6 @@ import numpy as np
 import soundfile as sf
 
 from benchmarks import common
-from benchmarks.embed import wespeaker_model
 from ecapa_jax.io.convert.wespeaker import wespeaker_to_dir
 
 # WeSpeaker's side, run as `python -c`: argv = tests dir, model.pt, wav, out.npy, channels, global context, threads.
@@ -126,7 +125,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         p.error(f"--threads must be in [1, {len(os.sched_getaffinity(0))}], got {args.threads}")
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])  # inherited by every child
     torch = common.import_torch()
-    ecapa = common.wespeaker("models.ecapa_tdnn")
     config = common.model_config(args)
     print(
         common.banner({"model": f"{args.model} (channels {config.channels}), eval, float32", "threads": args.threads})
@@ -136,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="ecapa_memory_") as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
-        torch.save(wespeaker_model(ecapa, config).state_dict(), tmp / "model.pt")
+        torch.save(common.wespeaker_model(config).state_dict(), tmp / "model.pt")
         wespeaker_to_dir(tmp / "model.pt", tmp / "model")
         seconds = synthetic_recording(tmp / "long.wav", args.minutes)
         repeats = max(1, round(args.window_minutes / args.minutes))

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
-from benchmarks.embed import wespeaker_model
 from ecapa_jax.encoder import embed_waveforms, load
 from ecapa_jax.io.convert.wespeaker import wespeaker_to_dir
 from ecapa_jax.io.export import export, load_artifact
@@ -43,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     torch = oracles.torch()
     config = common.model_config(args)
     torch.manual_seed(0)
-    theirs = wespeaker_model(oracles.wespeaker("models.ecapa_tdnn"), config)
+    theirs = common.wespeaker_model(config)
     oracles.randomise_batchnorm(theirs)
 
     def wespeaker(feats: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from benchmarks.embed import torch_features, wespeaker_model
+from benchmarks.embed import torch_features
 from benchmarks.flops import model_macs
 from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd
 from ecapa_jax.models.ecapa import ECAPA_TDNN, EcapaConfig
@@ -84,9 +84,9 @@ def ours_step(config: EcapaConfig, classes: int, samples: int, augment=None) -> 
     return run
 
 
-def theirs_step(torch, ecapa, projections, config: EcapaConfig, classes: int, compile_model: bool = False):
+def theirs_step(torch, projections, config: EcapaConfig, classes: int, compile_model: bool = False):
     """WeSpeaker's eager training iteration; returns ``run(feats (B, T, F) tensor, labels (B,)) -> loss``."""
-    model = wespeaker_model(ecapa, config).train()
+    model = common.wespeaker_model(config).train()
     proj = projections.ArcMarginProduct(config.embed_dim, classes, scale=SCALE, margin=MARGIN, easy_margin=False)
     opt = torch.optim.SGD(
         list(model.parameters()) + list(proj.parameters()), lr=LR, momentum=0.9, nesterov=True, weight_decay=1e-4
@@ -114,8 +114,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     p.add_argument("--compile", action="store_true", help="also time WeSpeaker's model under torch.compile")
     args = common.parse(p, argv)
 
-    ecapa = common.wespeaker("models.ecapa_tdnn")
-    projections = common.wespeaker("models.projections")
+    projections = common.wespeaker("models.projections")  # imports torch, which pin_threads then sets
     from torchaudio.compliance import kaldi
 
     torch = common.import_torch()
@@ -140,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     ours = ours_step(config, args.classes, samples)
     torch.manual_seed(0)
-    theirs = theirs_step(torch, ecapa, projections, config, args.classes)
+    theirs = theirs_step(torch, projections, config, args.classes)
     feats_t = torch_features(torch, kaldi, wavs)  # dither 0 here; the cost is the same with dither
 
     peak = max(common.gemm_rate(args.repeats).values())
@@ -166,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     if args.compile:
         torch.manual_seed(0)
         try:
-            compiled = theirs_step(torch, ecapa, projections, config, args.classes, compile_model=True)
+            compiled = theirs_step(torch, projections, config, args.classes, compile_model=True)
             start = time.perf_counter()
             compiled(feats_t, labels_t)
             print(f"\ntorch.compile: first step (compilation) {time.perf_counter() - start:.1f} s")

@@ -26,12 +26,14 @@ import numpy as np
 from flax import traverse_util
 
 from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd
-from ecapa_jax.io.checkpoint import join_variables, load_model_dir, save_model_dir
+from ecapa_jax.io.checkpoint import join_variables, save_model_dir
 from ecapa_jax.io.convert.common import (
     AFFINE,
     BN_LEAVES,
     check_leaves,
+    checked_variables,
     convert_keys,
+    dir_to_state_dict,
     flax_location,
     listing,
     load_source,
@@ -42,7 +44,6 @@ from ecapa_jax.io.convert.common import (
     torch_shape,
 )
 from ecapa_jax.io.convert.wespeaker import convert_projection, projection_to_torch, split_projection
-from ecapa_jax.io.torchzip import save_state_dict
 from ecapa_jax.models.campplus import CamPPConfig
 
 FLAVOURS = ("speakerlab", "wespeaker")
@@ -182,11 +183,7 @@ def from_campplus(
     flat, problems = convert_keys(encoder_sd, layout, locations.__getitem__, transform=permute)
     projection, head_problems = convert_projection(head_sd, config.embed_dim)
     problems += head_problems
-    if problems:
-        raise ValueError(f"state_dict does not match CAM++: {len(problems)} offending keys: {'; '.join(problems)}")
-    if set(flat) != set(shapes):  # the key list and the model disagree: a bug, not a bad file
-        raise RuntimeError(f"key table and model differ for {config}: {sorted(set(shapes) ^ set(flat))}")
-    return config, traverse_util.unflatten_dict(flat), projection
+    return config, checked_variables(flat, problems, shapes, f"CAM++ {config}"), projection
 
 
 def to_campplus(
@@ -254,15 +251,7 @@ def dir_to_campplus(
     src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
 ) -> dict[str, np.ndarray]:
     """Writes the ecapa_jax model directory ``SRC`` as a CAM++ ``DST.pt`` (torch-free writer)."""
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
-    model = load_model_dir(src)
-    if not isinstance(model.config, CamPPConfig):
-        raise ValueError(f"{src} holds a {type(model.config).__name__} model, not CAM++")
-    state_dict = to_campplus(model.config, model.model_variables, model.projection)
-    save_state_dict(dst, state_dict)
-    return state_dict
+    return dir_to_state_dict(src, dst, CamPPConfig, "CAM++", to_campplus, overwrite)
 
 
 __all__ = [

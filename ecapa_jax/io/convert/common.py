@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -40,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ecapa_jax.io.torchzip import load_state_dict
+from ecapa_jax.io.checkpoint import load_model_dir
+from ecapa_jax.io.torchzip import load_state_dict, save_state_dict
 from ecapa_jax.models import build_model
 
 Location = tuple[str, ...]  # (collection, *module path, leaf)
@@ -197,6 +199,22 @@ _SIGNATURES = (
 )
 
 
+def checked_variables(
+    flat: Mapping[Location, np.ndarray], problems: Sequence[str], expected: Iterable[Location], what: str
+) -> dict[str, Any]:
+    """The Flax variables of a conversion (``convert_keys`` output) once nothing is wrong with them.
+
+    Raises:
+      ValueError: ``problems`` (the source does not match ``what``: every offending key listed).
+      RuntimeError: the converter's key table missed a leaf of the model (``expected``): a bug, not a bad file.
+    """
+    if problems:
+        raise ValueError(f"state_dict does not match {what}: {len(problems)} offending keys: {'; '.join(problems)}")
+    if set(flat) != set(expected):
+        raise RuntimeError(f"key table and model differ for {what}: {sorted(set(expected) ^ set(flat), key=str)}")
+    return traverse_util.unflatten_dict(dict(flat))
+
+
 def identify(keys: Iterable[str]) -> tuple[str, str] | None:
     """``(what it is, the convert sub-command for it)`` for a state_dict's keys, or None when unknown."""
     keys = {k.removeprefix("module.") for k in keys}
@@ -230,12 +248,50 @@ def not_this_format(keys: Iterable[str], expected: str, command: str) -> str | N
     return f"this is {name} checkpoint, not {expected}; convert it with `python -m ecapa_jax.convert {other}`"
 
 
+def dir_to_state_dict(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    config_type: type,
+    expected: str,
+    to_state_dict: Callable[[Any, dict, dict | None], dict[str, np.ndarray]],
+    overwrite: bool,
+) -> dict[str, np.ndarray]:
+    """Writes the model directory ``src`` as the PyTorch state_dict ``dst`` of another toolkit (no torch).
+
+    Args:
+      src: an ecapa_jax model directory.
+      dst: the file to write.
+      config_type: the config class the model must have (the family the target toolkit holds).
+      expected: the target's name for messages ("WeSpeaker's ECAPA-TDNN").
+      to_state_dict: the converter's table: ``(config, model variables, projection or None) -> {key: array}``.
+      overwrite: replace an existing ``dst``.
+
+    Returns:
+      The state_dict written.
+
+    Raises:
+      FileExistsError: ``dst`` exists and ``overwrite`` is False (checked before anything is read).
+      ValueError: ``src`` holds another family of model.
+    """
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
+    model = load_model_dir(src)
+    if not isinstance(model.config, config_type):
+        raise ValueError(f"{src} holds a {type(model.config).__name__} model, not {expected}")
+    state_dict = to_state_dict(model.config, model.model_variables, model.projection)
+    save_state_dict(dst, state_dict)
+    return state_dict
+
+
 __all__ = [
     "AFFINE",
     "BN_LEAVES",
     "Location",
     "check_leaves",
+    "checked_variables",
     "convert_keys",
+    "dir_to_state_dict",
     "flax_location",
     "identify",
     "listing",

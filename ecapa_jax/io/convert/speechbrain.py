@@ -48,13 +48,15 @@ import yaml
 from flax import traverse_util
 
 from ecapa_jax.frontend.speechbrain import SpeechBrainFbank
-from ecapa_jax.io.checkpoint import join_variables, load_model_dir, save_model_dir
+from ecapa_jax.io.checkpoint import join_variables, save_model_dir
 from ecapa_jax.io.convert.common import (
     AFFINE,
     BN_LEAVES,
     Location,
     check_leaves,
+    checked_variables,
     convert_keys,
+    dir_to_state_dict,
     flax_location,
     listing,
     load_source,
@@ -63,7 +65,7 @@ from ecapa_jax.io.convert.common import (
     template_shapes,
     to_torch,
 )
-from ecapa_jax.io.torchzip import load_checkpoint, save_state_dict
+from ecapa_jax.io.torchzip import load_checkpoint
 from ecapa_jax.models.ecapa import EcapaConfig
 
 SPKREC_DILATIONS = (1, 2, 3, 4, 1)  # spkrec-ecapa-voxceleb, and SpeechBrain's class default
@@ -332,14 +334,9 @@ def from_speechbrain(
     """
     config = detect_config(state_dict, dilations, hparams)
     locations = speechbrain_locations(config)
-    flat, problems = convert_keys(
-        state_dict, speechbrain_shapes(config), locations.__getitem__, flax_shapes=template_shapes(config)
-    )
-    if problems:
-        raise ValueError(
-            f"state_dict does not match SpeechBrain's ECAPA_TDNN: {len(problems)} offending keys: {'; '.join(problems)}"
-        )
-    return config, traverse_util.unflatten_dict(flat)
+    shapes = template_shapes(config)
+    flat, problems = convert_keys(state_dict, speechbrain_shapes(config), locations.__getitem__, flax_shapes=shapes)
+    return config, checked_variables(flat, problems, shapes, "SpeechBrain's ECAPA_TDNN")
 
 
 def to_speechbrain(config: EcapaConfig, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -433,16 +430,15 @@ def speechbrain_to_dir(
 def dir_to_speechbrain(
     src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
 ) -> dict[str, np.ndarray]:
-    """Writes the ecapa_jax model directory ``SRC`` as SpeechBrain's ``embedding_model.ckpt`` ``DST`` (no torch)."""
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
-    model = load_model_dir(src)
-    if not isinstance(model.config, EcapaConfig):
-        raise ValueError(f"{src} holds a {type(model.config).__name__} model, not an ECAPA-TDNN")
-    state_dict = to_speechbrain(model.config, model.model_variables)
-    save_state_dict(dst, state_dict)
-    return state_dict
+    """Writes the ecapa_jax model directory ``SRC`` as SpeechBrain's ``embedding_model.ckpt`` ``DST`` (no torch).
+
+    The margin head's weights are not written: SpeechBrain keeps them in another file (``classifier.ckpt``).
+    """
+
+    def embedding_model(config: EcapaConfig, variables: dict, projection: dict | None) -> dict[str, np.ndarray]:
+        return to_speechbrain(config, variables)
+
+    return dir_to_state_dict(src, dst, EcapaConfig, "an ECAPA-TDNN", embedding_model, overwrite)
 
 
 __all__ = [

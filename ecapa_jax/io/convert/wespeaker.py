@@ -26,13 +26,15 @@ import numpy as np
 from flax import traverse_util
 
 from ecapa_jax.frontend.kaldi import FbankConfig, KaldiFrontEnd
-from ecapa_jax.io.checkpoint import join_variables, load_model_dir, save_model_dir
+from ecapa_jax.io.checkpoint import join_variables, save_model_dir
 from ecapa_jax.io.convert.common import (
     AFFINE,
     BN_LEAVES,
     Location,
     check_leaves,
+    checked_variables,
     convert_keys,
+    dir_to_state_dict,
     flax_location,
     listing,
     load_source,
@@ -42,7 +44,6 @@ from ecapa_jax.io.convert.common import (
     to_torch,
     torch_shape,
 )
-from ecapa_jax.io.torchzip import save_state_dict
 from ecapa_jax.models.ecapa import EcapaConfig
 from ecapa_jax.models.pooling import POOLINGS
 
@@ -297,14 +298,8 @@ def from_wespeaker(
     flat, problems = convert_keys(encoder_sd, layout, lambda k: flax_location(k, keys))
     projection, head_problems = convert_projection(head_sd, config.embed_dim)
     problems += head_problems
-    if problems:
-        raise ValueError(
-            f"state_dict does not match {config.wespeaker_name} ({config.pooling}, emb_bn={config.emb_bn}): "
-            f"{len(problems)} offending keys: {'; '.join(problems)}"
-        )
-    if set(flat) != set(shapes):  # wespeaker_keys and the model disagree: a bug, not a bad file
-        raise RuntimeError(f"key table and model differ for {config}: {sorted(set(shapes) ^ set(flat))}")
-    return config, traverse_util.unflatten_dict(flat), projection
+    what = f"{config.wespeaker_name} ({config.pooling}, emb_bn={config.emb_bn})"
+    return config, checked_variables(flat, problems, shapes, what), projection
 
 
 def to_wespeaker(
@@ -392,15 +387,7 @@ def dir_to_wespeaker(
     Returns:
       The state_dict written.
     """
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
-    model = load_model_dir(src)
-    if not isinstance(model.config, EcapaConfig):
-        raise ValueError(f"{src} holds a {type(model.config).__name__} model, not WeSpeaker's ECAPA-TDNN")
-    state_dict = to_wespeaker(model.config, model.model_variables, model.projection)
-    save_state_dict(dst, state_dict)
-    return state_dict
+    return dir_to_state_dict(src, dst, EcapaConfig, "WeSpeaker's ECAPA-TDNN", to_wespeaker, overwrite)
 
 
 __all__ = [
