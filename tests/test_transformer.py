@@ -327,7 +327,7 @@ def test_converter_lists_every_offending_key():
     state["linear1.weight"] = state["linear1.weight"][:, :-1]  # mis-shaped
     del state["norm2.bias"]  # missing
     state["extra.weight"] = np.zeros(3)  # unexpected
-    with pytest.raises(ValueError, match="3 problems") as e:
+    with pytest.raises(ValueError, match="does not match TransformerEncoderLayer: 3 offending keys") as e:
         module_from_torch(state, TransformerEncoderLayer(H, FF), D)
     message = str(e.value)
     assert f"linear1.weight has shape ({FF}, {D - 1}), expected ({FF}, {D})" in message

@@ -33,9 +33,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-from flax import traverse_util
 
-from ecapa_jax.io.convert.common import Location, check_leaves, convert_keys, module_template, torch_shape
+from ecapa_jax.io.convert.common import (
+    Location,
+    check_leaves,
+    checked_variables,
+    convert_keys,
+    module_template,
+    torch_shape,
+)
 from ecapa_jax.io.convert.common import flax_location as plain_location
 from ecapa_jax.models import build_model
 
@@ -82,11 +88,7 @@ def module_from_torch(state_dict: Mapping[str, Any], module: nn.Module, feat_dim
     flat, problems = convert_keys(state_dict, layout, locations.__getitem__)
     filled = {locations[key] for key in layout}
     problems += check_leaves("leaf", {}, {loc: s for loc, s in shapes.items() if loc not in filled})
-    if problems:
-        raise ValueError(
-            f"state_dict does not match {type(module).__name__}: {len(problems)} problems: {'; '.join(problems)}"
-        )
-    return traverse_util.unflatten_dict(flat)
+    return checked_variables(flat, problems, shapes, type(module).__name__)
 
 
 def from_torch(config: Any, state_dict: Mapping[str, Any]) -> dict[str, Any]:
