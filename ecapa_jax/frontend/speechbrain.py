@@ -206,7 +206,7 @@ def stft_window(fe: SpeechBrainFbank) -> np.ndarray:
 def _speechbrain_fbank(waveforms: Array, lengths: Array, fe: SpeechBrainFbank) -> tuple[Array, Array]:
     """The stages of the module docstring, compiled per (shape, front-end)."""
     batch, total = waveforms.shape
-    x = jnp.where(jnp.arange(total)[None, :] < lengths[:, None], waveforms.astype(jnp.float32), 0.0)  # (B, N)
+    x = jnp.where(lengths_to_mask(lengths, total), waveforms.astype(jnp.float32), 0.0)  # (B, N)
     half = fe.n_fft // 2
     x = jnp.pad(x, ((0, 0), (half, half)))  # center=True, pad_mode='constant'
     frames_total = 1 + total // fe.hop
