@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import random
 import shutil
@@ -34,10 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-
-from ecapa_jax.io.checkpoint import CheckpointManager, load_model_dir
+from ecapa_jax.io.checkpoint import load_model_dir
 from train import launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,23 +76,20 @@ def moment_reached(kind: str, workdir: Path, started: float, target: float) -> b
 
 def check(workdir: Path, reference: Path) -> list[str]:
     """What differs from the straight run (empty when the round is good)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import runs  # the tests' helpers: the same comparisons as the resume tests
+
     problems = []
-    with CheckpointManager(workdir / "checkpoints") as a, CheckpointManager(reference / "checkpoints") as b:
-        (state, extra), (ref, ref_extra) = a.restore(STEPS), b.restore(STEPS)
-    same = jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), state, ref))
-    if not all(same) or extra != ref_extra:
+    (state, extra), (ref, ref_extra) = runs.checkpoint(workdir, STEPS), runs.checkpoint(reference, STEPS)
+    if not runs.bitwise_equal(state, ref) or extra != ref_extra:
         problems.append("final checkpoint differs from the straight run")
     model, ref_model = load_model_dir(workdir / "model"), load_model_dir(reference / "model")
-    same = jax.tree.leaves(jax.tree.map(np.array_equal, model.variables, ref_model.variables))
-    if not all(same):
+    if not runs.bitwise_equal(model.variables, ref_model.variables):
         problems.append("exported model differs")
     for name in ("metrics.jsonl", "eval.jsonl"):
-        got = [json.loads(line)["step"] for line in (workdir / name).read_text().splitlines()]
-        want = [json.loads(line)["step"] for line in (reference / name).read_text().splitlines()]
+        got, want = ([r["step"] for r in runs.jsonl(run / name)] for run in (workdir, reference))
         if got != want:
             problems.append(f"{name} steps {got} != {want}")
-    sys.path.insert(0, str(ROOT / "tests"))
-    import runs
 
     got, want = runs.tensorboard_scalars(workdir / "tensorboard"), runs.tensorboard_scalars(reference / "tensorboard")
     if {k: [s for s, _ in v] for k, v in got.items()} != {k: [s for s, _ in v] for k, v in want.items()}:
