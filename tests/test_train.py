@@ -84,10 +84,6 @@ def _run(env, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(_command(workdir, *extra), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def run(env, tmp_path_factory) -> Path:
     """The straight run: STEPS steps, checkpoints at HALF and STEPS."""
@@ -104,7 +100,7 @@ def test_demo_learns(tmp_path):
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=os.environ | {"JAX_PLATFORMS": "cpu"}
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    evals = _jsonl(tmp_path / "eval.jsonl")
+    evals = runs.jsonl(tmp_path / "eval.jsonl")
     init, end = evals[0]["eer"], evals[-1]["eer"]
     print(f"held-out EER: {100 * init:.1f}% at init -> {100 * end:.1f}% after {evals[-1]['step']} steps")
     # Measured: 28.0% -> 13.6%; a model that learns nothing stays near its initial 28%.
@@ -113,7 +109,7 @@ def test_demo_learns(tmp_path):
     assert f"data: {DEMO_STEPS * 32} samples from " in result.stdout  # the loader's counts, reported at the end
     assert f"tensorboard --logdir {tmp_path / 'tensorboard'}" in result.stdout
     # TensorBoard holds what the JSON logs hold: every logged step's scalars, and each evaluation's EER.
-    scalars, metrics = runs.tensorboard_scalars(tmp_path / "tensorboard"), _jsonl(tmp_path / "metrics.jsonl")
+    scalars, metrics = runs.tensorboard_scalars(tmp_path / "tensorboard"), runs.jsonl(tmp_path / "metrics.jsonl")
     for name in ("loss", "accuracy", "lr", "margin", "grad_norm", "samples_per_s"):
         assert scalars[f"train/{name}"] == [(r["step"], np.float32(r[name])) for r in metrics], name
     assert scalars["eval/eer"] == [(e["step"], np.float32(e["eer"])) for e in evals]
@@ -168,7 +164,7 @@ def test_schedules_match_wespeaker(run):
         m.increase_type,
     )
     margin_ref.init_margin()
-    logged = _jsonl(run / "metrics.jsonl")
+    logged = runs.jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in logged] == list(range(STEPS))
     for r in logged:  # WeSpeaker calls step(i) before iteration i's forward pass
         lr_ref.step(r["step"])
@@ -200,7 +196,7 @@ def test_resume_after_sigkill_is_exact(run, env, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"train.loop: resumed {tmp_path} from step {HALF}" in result.stderr  # the trainer's INFO lines show
 
-    straight, resumed = (_jsonl(d / "metrics.jsonl") for d in (run, tmp_path))
+    straight, resumed = (runs.jsonl(d / "metrics.jsonl") for d in (run, tmp_path))
     keys = ("step", "data_epoch", "data_step", "index_crc")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
     # TensorBoard too holds each step once: the killed run's events up to its checkpoint, the rerun's after it.
@@ -263,7 +259,7 @@ def test_resume_after_sigkill_with_full_augmentation_is_exact(env, tmp_path):
     print(f"augmented run, resumed vs straight: max |Δ| over the state = {diff}")
     assert diff == 0.0
     keys = ("step", "data_epoch", "data_step", "index_crc", "loss")
-    logs = [_jsonl(d / "metrics.jsonl") for d in (tmp_path / "straight", workdir)]
+    logs = [runs.jsonl(d / "metrics.jsonl") for d in (tmp_path / "straight", workdir)]
     assert [[r[k] for k in keys] for r in logs[0]] == [[r[k] for k in keys] for r in logs[1]]
 
 
